@@ -1,0 +1,30 @@
+//! Edge: the HTTP proxy engine shared by the products that terminate traffic
+//! (mtls-proxy today, Rivetr's router next).
+//!
+//! It is shaped like pingora: a product implements [`ProxyHttp`], whose
+//! methods are the phases of a request, each with a documented default, and
+//! [`Server`] drives them on hyper 1, tokio and rustls. The crate also holds
+//! the building blocks products configure the phases with: certificates by
+//! SNI and client certificate verifiers ([`tls`]), client identities and
+//! allowlists ([`identity`]), and upstream groups with pooled clients and
+//! passive health ([`upstream`]).
+//!
+//! What it does not do: read configuration files, own routing rules, store
+//! records or serve metrics. Those are product decisions; the engine only
+//! reports what it observed through [`ProxyHttp::logging`] and a few
+//! connection-level metrics under a prefix the product chooses.
+
+pub mod body;
+pub mod error;
+pub mod identity;
+pub mod proxy;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+pub use body::{Body, BoxError, Captured};
+pub use error::{Error, ErrorKind, ErrorSide, SetupError};
+pub use identity::{Allowlist, ClientIdentity, NamePattern};
+pub use proxy::{ConnInfo, Exchange, Peer, ProxyHttp, Session, TlsInfo};
+pub use server::{Server, ServerSettings, Transport};
+pub use upstream::{UpstreamGroup, UpstreamSettings};

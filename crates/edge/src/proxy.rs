@@ -1,0 +1,277 @@
+//! The proxy's phases, in the order the engine calls them for each request.
+//!
+//! A product implements [`ProxyHttp`]; every method but
+//! [`ProxyHttp::upstream_peer`] has a documented default, so a minimal proxy
+//! only says where requests go.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, Version};
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
+
+use crate::body::{self, Body, Captured};
+use crate::error::Error;
+use crate::identity::ClientIdentity;
+use crate::upstream::UpstreamGroup;
+
+/// What the engine knows about a downstream connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Unique per process.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Our address the client connected to.
+    pub local: SocketAddr,
+    /// Present for TLS connections.
+    pub tls: Option<TlsInfo>,
+}
+
+/// The negotiated TLS parameters of a connection.
+#[derive(Debug)]
+pub struct TlsInfo {
+    /// Server name the client asked for.
+    pub sni: Option<String>,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// Negotiated application protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// The client's certificate chain as presented (leaf first), verified by
+    /// the listener's verifier; empty when the client sent none.
+    pub peer_chain: Vec<CertificateDer<'static>>,
+    /// The identity read from the leaf, when one was presented.
+    pub identity: Option<Arc<ClientIdentity>>,
+}
+
+/// One request as seen by the phases.
+#[derive(Debug)]
+pub struct Session {
+    /// The connection the request arrived on.
+    pub conn: Arc<ConnInfo>,
+    /// Request method.
+    pub method: Method,
+    /// Request target as received.
+    pub uri: Uri,
+    /// HTTP version spoken downstream.
+    pub version: Version,
+    /// Request headers; phases may change them before they are forwarded.
+    pub headers: HeaderMap,
+    /// Keep up to this many bytes of the request body for [`Exchange`].
+    pub capture_request_body: usize,
+    /// Keep up to this many bytes of the response body for [`Exchange`].
+    pub capture_response_body: usize,
+}
+
+impl Session {
+    /// The host the client addressed: the URI authority (HTTP/2) or the Host
+    /// header (HTTP/1.1), without the port, lowercased.
+    pub fn host(&self) -> Option<String> {
+        let raw = self.uri.host().map(str::to_owned).or_else(|| {
+            self.headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })?;
+        let host = match raw.rsplit_once(':') {
+            Some((h, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => raw.as_str(),
+        };
+        Some(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
+        )
+    }
+
+    /// Whether this is an HTTP/1.1 protocol upgrade (WebSocket and friends).
+    pub fn is_upgrade(&self) -> bool {
+        self.version == Version::HTTP_11
+            && self.headers.contains_key(header::UPGRADE)
+            && self
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    }
+}
+
+/// Everything the engine observed about one finished exchange.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The connection it arrived on.
+    pub conn: Arc<ConnInfo>,
+    /// When the request headers arrived.
+    pub started: SystemTime,
+    /// Until the response body finished (or the exchange failed).
+    pub duration: Duration,
+    /// Request method.
+    pub method: Method,
+    /// Request target as received.
+    pub uri: Uri,
+    /// Host the client addressed.
+    pub host: Option<String>,
+    /// Request headers as received from the client.
+    pub request_headers: HeaderMap,
+    /// Response headers as sent to the client.
+    pub response_headers: Option<HeaderMap>,
+    /// Status sent to the client.
+    pub status: Option<StatusCode>,
+    /// The upstream target that served it, `scheme://host:port`.
+    pub upstream: Option<String>,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// What went wrong, if anything.
+    pub error: Option<Error>,
+    /// Captured request body prefix, when asked for.
+    pub request_body: Option<Captured>,
+    /// Captured response body prefix, when asked for.
+    pub response_body: Option<Captured>,
+}
+
+/// Where a request goes: a group of upstream targets.
+pub type Peer = Arc<UpstreamGroup>;
+
+/// Hop-by-hop headers that never cross a proxy.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header
+/// names. Upgrade requests keep `Connection: upgrade` and `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "upgrade")
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    if keep_upgrade {
+        if let Some(u) = upgrade {
+            headers.insert(header::UPGRADE, u);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+}
+
+/// The phases. Each default is what a plain reverse proxy does.
+pub trait ProxyHttp: Send + Sync + 'static {
+    /// Per-request state shared by the phases, handed to [`Self::logging`] at
+    /// the end.
+    type Ctx: Send + 'static;
+
+    /// Creates the per-request state.
+    fn new_ctx(&self, session: &Session) -> Self::Ctx;
+
+    /// Picks the TLS configuration for a connection from the server name the
+    /// client sent. Called before every handshake, so a reload takes effect
+    /// on the next connection. Default: no TLS (the handshake is refused).
+    fn tls_config(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
+        let _ = sni;
+        None
+    }
+
+    /// A TLS handshake failed; no request exists. Default: a debug log line.
+    fn handshake_failed(&self, peer: SocketAddr, sni: Option<&str>, reason: &'static str) {
+        tracing::debug!(%peer, ?sni, reason, "TLS handshake failed");
+    }
+
+    /// First look at a request. Return a response to answer it without an
+    /// upstream, or an error to fail it. Default: continue.
+    fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::Ctx,
+    ) -> impl Future<Output = Result<Option<Response<Body>>, Error>> + Send {
+        let _ = (session, ctx);
+        async { Ok(None) }
+    }
+
+    /// Chooses the upstream group. The only phase without a default.
+    fn upstream_peer(&self, session: &Session, ctx: &mut Self::Ctx) -> Result<Peer, Error>;
+
+    /// Adjusts the headers sent upstream. Default: hop-by-hop headers are
+    /// removed and `x-forwarded-for` / `x-forwarded-proto` set.
+    fn upstream_request_filter(
+        &self,
+        session: &Session,
+        headers: &mut HeaderMap,
+        ctx: &mut Self::Ctx,
+    ) -> Result<(), Error> {
+        let _ = ctx;
+        strip_hop_by_hop(headers, session.is_upgrade());
+        let ip = session.conn.peer.ip().to_string();
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        let proto = if session.conn.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        Ok(())
+    }
+
+    /// Adjusts the upstream's response headers before they go downstream.
+    /// Default: hop-by-hop headers are removed.
+    fn response_filter(
+        &self,
+        session: &Session,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        ctx: &mut Self::Ctx,
+    ) {
+        let _ = (session, ctx);
+        strip_hop_by_hop(headers, status == StatusCode::SWITCHING_PROTOCOLS);
+    }
+
+    /// Turns an error into the response the client sees. Default: the
+    /// error's status with its reason as a short plain-text body; details
+    /// stay in the logs.
+    fn fail_to_proxy(&self, session: &Session, err: &Error, ctx: &mut Self::Ctx) -> Response<Body> {
+        let _ = (session, ctx);
+        let status = err.kind.status();
+        let mut resp = Response::new(body::full(format!("{}\n", err.kind.reason())));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+
+    /// Called once per request when the exchange is over: the response body
+    /// was sent or abandoned. Default: nothing.
+    fn logging(&self, exchange: &Exchange, ctx: Self::Ctx) {
+        let _ = (exchange, ctx);
+    }
+}

@@ -1,0 +1,801 @@
+//! Serving: accepting connections (plain or TLS), connection limits, idle
+//! and slow-client timeouts, graceful drain, and the per-request flow that
+//! calls the [`ProxyHttp`] phases.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::body::{self, Body, BoxError, Tap, Tapped};
+use crate::error::{Error, ErrorKind};
+use crate::identity::ClientIdentity;
+use crate::proxy::{ConnInfo, Exchange, ProxyHttp, Session, TlsInfo};
+use crate::tls::handshake_failure_reason;
+
+/// Limits and timeouts of the downstream side. Changing these needs a restart.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Connections served at once across all listeners; more are closed at
+    /// once without touching the ones already open.
+    pub max_connections: usize,
+    /// Time allowed for a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed for a client to send a complete request head: the
+    /// defence against slowloris.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no traffic for this long is
+    /// closed.
+    pub idle_timeout: Duration,
+    /// Largest request head accepted (request line plus headers); larger ones
+    /// get 431.
+    pub max_header_bytes: usize,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Offer HTTP/2 over TLS (ALPN) and accept prior-knowledge h2c.
+    pub http2: bool,
+    /// Time given to in-flight requests when shutting down.
+    pub shutdown_grace: Duration,
+    /// Prefix of the metrics this crate records, e.g. `mtls_proxy`.
+    pub metric_prefix: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            http2: true,
+            shutdown_grace: Duration::from_secs(30),
+            metric_prefix: "edge".into(),
+        }
+    }
+}
+
+/// Whether a listener speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain HTTP.
+    Plain,
+    /// TLS, configured per connection by [`ProxyHttp::tls_config`].
+    Tls,
+}
+
+/// A proxy server: one [`ProxyHttp`] served on any number of listeners that
+/// share the connection limit and the shutdown signal.
+pub struct Server<P: ProxyHttp> {
+    proxy: Arc<P>,
+    settings: Arc<ServerSettings>,
+    permits: Arc<Semaphore>,
+    next_conn: AtomicU64,
+    shutting_down: tokio::sync::watch::Sender<bool>,
+    closed: Notify,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl<P: ProxyHttp> Server<P> {
+    /// Builds a server around `proxy`.
+    pub fn new(proxy: Arc<P>, settings: ServerSettings) -> Arc<Self> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper answers 431 by itself past its buffer; keep that well above
+        // our own limit so oversized heads reach the phases and get recorded.
+        let hyper_buf = (settings.max_header_bytes * 2 + 8192).max(8192);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(hyper_buf)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(hyper_buf as u32);
+        let builder = if settings.http2 {
+            builder
+        } else {
+            builder.http1_only()
+        };
+        let (tx, _) = tokio::sync::watch::channel(false);
+        Arc::new(Server {
+            proxy,
+            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            settings: Arc::new(settings),
+            next_conn: AtomicU64::new(1),
+            shutting_down: tx,
+            closed: Notify::new(),
+            builder,
+        })
+    }
+
+    /// The proxy being served.
+    pub fn proxy(&self) -> &Arc<P> {
+        &self.proxy
+    }
+
+    /// Connections open right now.
+    pub fn active_connections(&self) -> usize {
+        self.settings.max_connections - self.permits.available_permits()
+    }
+
+    /// Accepts connections on `listener` until [`Server::shutdown`] is called.
+    pub async fn serve(self: &Arc<Self>, listener: TcpListener, transport: Transport) {
+        let mut stop = self.shutting_down.subscribe();
+        let refused = format!("{}_connections_refused_total", self.settings.metric_prefix);
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off briefly
+                    // rather than spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                metrics::counter!(refused.clone()).increment(1);
+                // Dropping the stream closes it right away; the client gets
+                // a quick refusal instead of a hang.
+                drop(stream);
+                continue;
+            };
+            let server = self.clone();
+            tokio::spawn(async move {
+                let local = stream.local_addr().unwrap_or(peer);
+                server.connection(stream, peer, local, transport).await;
+                drop(permit);
+                server.closed.notify_waiters();
+            });
+        }
+    }
+
+    /// Stops accepting, asks open connections to finish their current
+    /// request, and waits for them up to the shutdown grace period.
+    pub async fn shutdown(&self) {
+        self.shutting_down.send_replace(true);
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        while self.active_connections() > 0 {
+            let notified = self.closed.notified();
+            if self.active_connections() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(
+                    open = self.active_connections(),
+                    "shutdown grace period over; closing remaining connections"
+                );
+                break;
+            }
+        }
+    }
+
+    async fn connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        transport: Transport,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let active = format!("{}_connections_active", self.settings.metric_prefix);
+        metrics::gauge!(active.clone()).increment(1.0);
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        match transport {
+            Transport::Plain => {
+                let conn = Arc::new(ConnInfo {
+                    id,
+                    peer,
+                    local,
+                    tls: None,
+                });
+                self.serve_http(stream, conn).await;
+            }
+            Transport::Tls => {
+                if let Some((tls, info)) = self.handshake(stream, peer).await {
+                    let conn = Arc::new(ConnInfo {
+                        id,
+                        peer,
+                        local,
+                        tls: Some(info),
+                    });
+                    self.serve_http(tls, conn).await;
+                }
+            }
+        }
+        metrics::gauge!(active).decrement(1.0);
+    }
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
+        let mut sni = None;
+        let attempt = async {
+            let start =
+                LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+            sni = start.client_hello().server_name().map(str::to_owned);
+            let Some(config) = self.proxy.tls_config(sni.as_deref()) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    rustls::Error::General("no certificate for this server name".into()),
+                ));
+            };
+            start.into_stream(config).await
+        };
+        let result = tokio::time::timeout(self.settings.handshake_timeout, attempt).await;
+        let failure = |reason: &'static str| {
+            metrics::counter!(
+                format!("{}_tls_handshake_failures_total", self.settings.metric_prefix),
+                "reason" => reason
+            )
+            .increment(1);
+            self.proxy.handshake_failed(peer, sni.as_deref(), reason);
+        };
+        let tls = match result {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                failure(handshake_failure_reason(&e));
+                return None;
+            }
+            Err(_) => {
+                failure("timeout");
+                return None;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        let peer_chain: Vec<_> = session
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let identity = peer_chain
+            .first()
+            .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok())
+            .map(Arc::new);
+        let info = TlsInfo {
+            sni: session.server_name().map(str::to_owned),
+            version: match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "unknown",
+            },
+            alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+            peer_chain,
+            identity,
+        };
+        Some((tls, info))
+    }
+
+    async fn serve_http<I>(self: &Arc<Self>, io: I, conn: Arc<ConnInfo>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::default());
+        let io = TokioIo::new(Tracked {
+            inner: io,
+            activity: activity.clone(),
+        });
+        let server = self.clone();
+        let act = activity.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let server = server.clone();
+            let conn = conn.clone();
+            let act = act.clone();
+            async move { Ok::<_, Infallible>(server.handle(req, conn, act).await) }
+        });
+        let connection = self.builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(connection);
+        let mut stop = self.shutting_down.subscribe();
+        let idle = self.settings.idle_timeout;
+        let mut closing = false;
+        loop {
+            let check = tokio::time::sleep(
+                idle.min(Duration::from_secs(1))
+                    .max(Duration::from_millis(50)),
+            );
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!("connection ended with an error: {e}");
+                    }
+                    break;
+                }
+                _ = stop.wait_for(|s| *s), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = check, if !closing => {
+                    if activity.idle_for() >= idle && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+        activity: Arc<Activity>,
+    ) -> Response<Body> {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let upgrade =
+            if req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE) {
+                Some(hyper::upgrade::on(&mut req))
+            } else {
+                None
+            };
+        let (parts, body) = req.into_parts();
+        let mut session = Session {
+            conn,
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            capture_request_body: 0,
+            capture_response_body: 0,
+        };
+        let request_headers = session.headers.clone();
+        let mut ctx = self.proxy.new_ctx(&session);
+        let finish = Arc::new(Finish {
+            proxy: self.proxy.clone(),
+            t0: Instant::now(),
+            req_tap: Mutex::new(None),
+            resp_tap: Mutex::new(None),
+            activity,
+            state: Mutex::new(None),
+        });
+        let mut route = Routed::default();
+        let outcome = self
+            .forward(&mut session, &mut ctx, body, upgrade, &finish, &mut route)
+            .await;
+        let (response, error) = match outcome {
+            Ok(resp) => (resp, None),
+            Err(err) => {
+                if err.side() != crate::error::ErrorSide::Downstream {
+                    tracing::warn!(method = %session.method, uri = %session.uri, "proxying failed: {err}");
+                }
+                let resp = self.proxy.fail_to_proxy(&session, &err, &mut ctx);
+                (resp, Some(err))
+            }
+        };
+        let host = session.host();
+        let exchange = Exchange {
+            conn: session.conn.clone(),
+            started: SystemTime::now() - finish.t0.elapsed(),
+            duration: Duration::ZERO,
+            method: session.method,
+            uri: session.uri,
+            host,
+            request_headers,
+            response_headers: Some(response.headers().clone()),
+            status: Some(response.status()),
+            upstream: route.upstream,
+            bytes_in: 0,
+            bytes_out: 0,
+            error,
+            request_body: None,
+            response_body: None,
+        };
+        *finish.state.lock().unwrap_or_else(|p| p.into_inner()) = Some((exchange, ctx));
+        // The response body holds `finish`, so logging runs when the client
+        // has the whole body (or gave up on it).
+        let (parts, body) = response.into_parts();
+        let body = Tapped::new(
+            body,
+            finish.resp_tap(session.capture_response_body),
+            None,
+            route.deadline,
+            ErrorKind::UpstreamProtocol,
+            finish,
+        );
+        Response::from_parts(parts, body.boxed())
+    }
+
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut P::Ctx,
+        body: Incoming,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        finish: &Arc<Finish<P>>,
+        route: &mut Routed,
+    ) -> Result<Response<Body>, Error> {
+        let head = head_size(session);
+        if head > self.settings.max_header_bytes {
+            return Err(Error::new(
+                ErrorKind::HeadersTooLarge,
+                format!(
+                    "request head is {head} bytes, limit {}",
+                    self.settings.max_header_bytes
+                ),
+            ));
+        }
+        let declared = session
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.settings.max_body_bytes) {
+            return Err(Error::new(
+                ErrorKind::BodyTooLarge,
+                format!(
+                    "content-length {} over limit {}",
+                    declared.unwrap_or(0),
+                    self.settings.max_body_bytes
+                ),
+            ));
+        }
+        if let Some(resp) = self.proxy.request_filter(session, ctx).await? {
+            return Ok(resp);
+        }
+        let group = self.proxy.upstream_peer(session, ctx)?;
+        let mut headers = session.headers.clone();
+        self.proxy
+            .upstream_request_filter(session, &mut headers, ctx)?;
+        if !headers.contains_key(header::HOST) {
+            if let Some(auth) = session.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+        }
+        let settings = group.settings().clone();
+        let deadline = tokio::time::Instant::now() + settings.request_timeout;
+        route.deadline = Some(deadline);
+        let empty_body = body.is_end_stream();
+        let req_tap = finish.req_tap(session.capture_request_body);
+        let mut body = Some(
+            Tapped::new(
+                body,
+                req_tap.clone(),
+                Some(self.settings.max_body_bytes),
+                Some(deadline),
+                ErrorKind::DownstreamProtocol,
+                finish.clone(),
+            )
+            .boxed(),
+        );
+        let path = session
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        let mut tried = Vec::new();
+        let (index, mut response) = loop {
+            let Some(index) = group.pick(&tried) else {
+                return Err(Error::new(
+                    ErrorKind::ConnectFailed,
+                    "no upstream left to try",
+                ));
+            };
+            tried.push(index);
+            let target = &group.targets()[index];
+            let base = target.base.to_string().trim_end_matches('/').to_owned();
+            let uri = format!("{base}{path}");
+            route.upstream = Some(base);
+            let mut builder = Request::builder()
+                .method(session.method.clone())
+                .uri(uri)
+                .version(Version::HTTP_11);
+            if let Some(h) = builder.headers_mut() {
+                *h = headers.clone();
+            }
+            let req_body = if empty_body {
+                // A body-less request can be rebuilt for a retry; keep the
+                // original (which holds `finish`) for the last attempt only.
+                body::empty()
+            } else {
+                body.take().unwrap_or_else(body::empty)
+            };
+            let req = builder
+                .body(req_body)
+                .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+            let wait = settings
+                .header_timeout
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let sent = tokio::time::timeout(wait, group.client().request(req)).await;
+            let err = match sent {
+                Ok(Ok(resp)) => break (index, resp),
+                Ok(Err(e)) => classify_client_error(&e, &req_tap),
+                Err(_) => Error::new(
+                    ErrorKind::HeaderTimeout,
+                    format!("no response headers within {wait:?}"),
+                ),
+            };
+            if matches!(
+                err.kind,
+                ErrorKind::ConnectFailed
+                    | ErrorKind::ConnectTimeout
+                    | ErrorKind::UpstreamTls
+                    | ErrorKind::HeaderTimeout
+            ) {
+                group.mark_failed(index);
+            }
+            let more = tried.len() < group.targets().len();
+            if !(err.kind.retry_safe() && empty_body && more) {
+                return Err(err);
+            }
+            tracing::debug!("retrying on another upstream after: {err}");
+        };
+        group.mark_ok(index);
+        drop(body);
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(down) = upgrade {
+                let up = hyper::upgrade::on(&mut response);
+                let finish = finish.clone();
+                tokio::spawn(async move {
+                    let (Ok(down), Ok(up)) = (down.await, up.await) else {
+                        tracing::debug!("upgrade did not complete");
+                        return;
+                    };
+                    let mut down = TokioIo::new(down);
+                    let mut up = TokioIo::new(up);
+                    if let Ok((to_up, to_down)) =
+                        tokio::io::copy_bidirectional(&mut down, &mut up).await
+                    {
+                        finish.req_tap(0).add(to_up);
+                        finish.resp_tap(0).add(to_down);
+                    }
+                    drop(finish);
+                });
+            }
+        }
+        let (mut parts, body) = response.into_parts();
+        self.proxy
+            .response_filter(session, parts.status, &mut parts.headers, ctx);
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(BoxError::from).boxed(),
+        ))
+    }
+}
+
+/// Where [`Server::forward`] sent a request, for the exchange record and the
+/// response body's deadline.
+#[derive(Default)]
+struct Routed {
+    upstream: Option<String>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Size of the request head as it would appear on the wire.
+fn head_size(session: &Session) -> usize {
+    let line = session.method.as_str().len() + session.uri.to_string().len() + 12;
+    session
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+fn classify_client_error(e: &hyper_util::client::legacy::Error, req_tap: &Tap) -> Error {
+    if req_tap.over_limit() {
+        return Error::new(ErrorKind::BodyTooLarge, "request body over the limit");
+    }
+    if let Some(f) = req_tap.failure() {
+        return f;
+    }
+    let mut chain = String::new();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut tls = false;
+    let mut timed_out = false;
+    while let Some(s) = source {
+        if !chain.is_empty() {
+            chain.push_str(": ");
+        }
+        chain.push_str(&s.to_string());
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            tls = true;
+        }
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::TimedOut {
+                timed_out = true;
+            }
+            if io
+                .get_ref()
+                .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
+            {
+                tls = true;
+            }
+        }
+        source = s.source();
+    }
+    let kind = if tls {
+        ErrorKind::UpstreamTls
+    } else if e.is_connect() && (timed_out || chain.contains("timed out")) {
+        ErrorKind::ConnectTimeout
+    } else if e.is_connect() {
+        ErrorKind::ConnectFailed
+    } else {
+        ErrorKind::UpstreamProtocol
+    };
+    Error::new(kind, chain)
+}
+
+/// Runs [`ProxyHttp::logging`] when the last body of an exchange is gone.
+struct Finish<P: ProxyHttp> {
+    proxy: Arc<P>,
+    t0: Instant,
+    req_tap: Mutex<Option<Arc<Tap>>>,
+    resp_tap: Mutex<Option<Arc<Tap>>>,
+    activity: Arc<Activity>,
+    state: Mutex<Option<(Exchange, P::Ctx)>>,
+}
+
+impl<P: ProxyHttp> Finish<P> {
+    fn tap(slot: &Mutex<Option<Arc<Tap>>>, capture: usize) -> Arc<Tap> {
+        slot.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| Tap::new(capture))
+            .clone()
+    }
+
+    fn req_tap(&self, capture: usize) -> Arc<Tap> {
+        Self::tap(&self.req_tap, capture)
+    }
+
+    fn resp_tap(&self, capture: usize) -> Arc<Tap> {
+        Self::tap(&self.resp_tap, capture)
+    }
+}
+
+impl<P: ProxyHttp> Drop for Finish<P> {
+    fn drop(&mut self) {
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+        let Some((mut exchange, ctx)) = self
+            .state
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        exchange.duration = self.t0.elapsed();
+        let req = self
+            .req_tap
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let resp = self
+            .resp_tap
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = req {
+            exchange.bytes_in = t.bytes();
+            exchange.request_body = t.captured();
+            if exchange.error.is_none() {
+                exchange.error = t.failure();
+            }
+        }
+        if let Some(t) = resp {
+            exchange.bytes_out = t.bytes();
+            exchange.response_body = t.captured();
+            if exchange.error.is_none() {
+                exchange.error = t.failure();
+            }
+        }
+        self.proxy.logging(&exchange, ctx);
+    }
+}
+
+/// Traffic and in-flight requests on one connection, for the idle timeout.
+#[derive(Debug)]
+struct Activity {
+    started: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// An IO wrapper that notes the time of every successful read and write.
+struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
