@@ -178,6 +178,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// What a plain reverse proxy does to request headers: hop-by-hop headers
+/// are removed and `x-forwarded-for` / `x-forwarded-proto` set.
+pub fn forward_headers(session: &Session, headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers, session.is_upgrade());
+    let ip = session.conn.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    let proto = if session.conn.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+}
+
 /// The phases. Each default is what a plain reverse proxy does.
 pub trait ProxyHttp: Send + Sync + 'static {
     /// Per-request state shared by the phases, handed to [`Self::logging`] at
@@ -214,8 +234,7 @@ pub trait ProxyHttp: Send + Sync + 'static {
     /// Chooses the upstream group. The only phase without a default.
     fn upstream_peer(&self, session: &Session, ctx: &mut Self::Ctx) -> Result<Peer, Error>;
 
-    /// Adjusts the headers sent upstream. Default: hop-by-hop headers are
-    /// removed and `x-forwarded-for` / `x-forwarded-proto` set.
+    /// Adjusts the headers sent upstream. Default: [`forward_headers`].
     fn upstream_request_filter(
         &self,
         session: &Session,
@@ -223,21 +242,7 @@ pub trait ProxyHttp: Send + Sync + 'static {
         ctx: &mut Self::Ctx,
     ) -> Result<(), Error> {
         let _ = ctx;
-        strip_hop_by_hop(headers, session.is_upgrade());
-        let ip = session.conn.peer.ip().to_string();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
-        }
-        let proto = if session.conn.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        forward_headers(session, headers);
         Ok(())
     }
 

@@ -1,0 +1,479 @@
+//! The configuration file: TOML with environment overrides, typed and
+//! validated, with errors that name the key and the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer};
+
+use crate::store::StoreConfig;
+
+/// Prefix of environment overrides; nested keys use `__`, e.g.
+/// `MTLS_PROXY_SERVER__ADMIN=127.0.0.1:9901`.
+pub const ENV_PREFIX: &str = "MTLS_PROXY_";
+
+/// A configuration problem, naming where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be parsed or a value has the wrong type.
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    /// A value parsed but makes no sense, or a file it names is unusable.
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, limits and timeouts.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Server certificates, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// Revocation settings shared by every route.
+    #[serde(default)]
+    pub client_auth: ClientAuthConfig,
+    /// Where and how exchanges are recorded; recording is off without it.
+    pub store: Option<StoreConfig>,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Routes, matched by host then longest path prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The file the configuration came from, for messages and relative paths.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// Listeners, limits and timeouts. Changes here need a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTPS listener address.
+    pub https: Option<String>,
+    /// Plain HTTP listener address.
+    pub http: Option<String>,
+    /// Admin listener (metrics, health, log queries).
+    pub admin: Option<String>,
+    /// Connections served at once; more are closed right away.
+    pub max_connections: usize,
+    /// Time for a client to send a request head (slowloris defence).
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Time for a TLS handshake.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Largest request head; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body; larger gets 413.
+    pub max_body_bytes: u64,
+    /// Offer HTTP/2.
+    pub http2: bool,
+    /// Time in-flight requests get on shutdown.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Header carrying the verified client identity upstream. The same
+    /// header from a client is always removed.
+    pub identity_header: String,
+    /// `/readyz` fails when a server certificate expires within this.
+    #[serde(deserialize_with = "duration")]
+    pub cert_expiry_margin: Duration,
+    /// How often referenced files are checked for changes (0 turns it off).
+    #[serde(deserialize_with = "duration")]
+    pub watch_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            https: None,
+            http: None,
+            admin: None,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            http2: true,
+            shutdown_grace: Duration::from_secs(30),
+            identity_header: "x-forwarded-client-cert".into(),
+            cert_expiry_margin: Duration::from_secs(7 * 24 * 3600),
+            watch_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A server certificate and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Server names it is for (`*.example.com` allowed); defaults to the
+    /// certificate's SAN DNS names.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// Revocation settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM CRL files; when set, revoked client certificates are refused.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// What to do when a CRL is past its next update: `deny` or `allow`.
+    #[serde(default)]
+    pub stale_crl: StaleCrl,
+}
+
+/// Policy for stale CRLs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleCrl {
+    /// Refuse certificates checked only against a stale CRL.
+    #[default]
+    Deny,
+    /// Keep trusting the stale CRL.
+    Allow,
+}
+
+/// Per-route client certificate policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertMode {
+    /// A verified certificate is required.
+    Required,
+    /// Verified when presented; anonymous clients pass.
+    Optional,
+    /// Not asked for; any presented identity is ignored.
+    #[default]
+    Off,
+}
+
+/// Identity patterns a route accepts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowConfig {
+    /// Subject common names.
+    #[serde(default)]
+    pub cn: Vec<String>,
+    /// SAN DNS names.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// SAN URIs (SPIFFE IDs).
+    #[serde(default)]
+    pub uri: Vec<String>,
+    /// SAN emails.
+    #[serde(default)]
+    pub email: Vec<String>,
+}
+
+/// How a route reaches its upstreams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Time to connect.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time to response headers.
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// Time for the whole exchange.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Idle pooled connections are closed after this.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A failed upstream is skipped for this long.
+    #[serde(deserialize_with = "duration")]
+    pub fail_timeout: Duration,
+    /// CA bundle for `https://` upstreams (system store when unset).
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain presented to upstreams.
+    pub cert: Option<PathBuf>,
+    /// Key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Name verified in the upstream certificate and sent as SNI.
+    pub server_name: Option<String>,
+    /// Skip upstream certificate verification. Logged as a warning.
+    pub insecure: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        let d = edge::UpstreamSettings::default();
+        UpstreamConfig {
+            connect_timeout: d.connect_timeout,
+            header_timeout: d.header_timeout,
+            request_timeout: d.request_timeout,
+            idle_timeout: d.idle_timeout,
+            fail_timeout: d.fail_timeout,
+            ca: None,
+            cert: None,
+            key: None,
+            server_name: None,
+            insecure: false,
+        }
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in records and metrics.
+    pub name: String,
+    /// Host to match (`*.example.com` allowed); any host when unset.
+    pub host: Option<String>,
+    /// Path prefix to match.
+    #[serde(default = "slash")]
+    pub path_prefix: String,
+    /// Upstream URLs, `http://host:port` or `https://host:port`.
+    pub upstreams: Vec<String>,
+    /// Client certificate policy.
+    #[serde(default)]
+    pub client_auth: ClientCertMode,
+    /// CA bundles client certificates must chain to.
+    #[serde(default)]
+    pub client_ca: Vec<PathBuf>,
+    /// Identities let through; empty lets every verified certificate through.
+    #[serde(default)]
+    pub allow: AllowConfig,
+    /// Bytes of each body kept in the record (0: none).
+    #[serde(default)]
+    pub capture_body: usize,
+    /// Upstream connection settings.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+fn slash() -> String {
+    "/".into()
+}
+
+/// Reads a duration written like `250ms`, `10s` or `7d`.
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write e.g. \"10s\""
+        ))
+    })
+}
+
+impl Config {
+    /// Loads `path`, then applies `MTLS_PROXY_*` environment overrides, then
+    /// validates. Relative paths in the file are relative to the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        if !path.is_file() {
+            return Err(ConfigError::Parse {
+                file,
+                message: "no such file".into(),
+            });
+        }
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse {
+            file: file.clone(),
+            message: e
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })?;
+        config.source = path.to_path_buf();
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for c in &mut self.certificates {
+            fix(&mut c.cert);
+            fix(&mut c.key);
+        }
+        self.client_auth.crls.iter_mut().for_each(fix);
+        if let Some(s) = &mut self.store {
+            fix(&mut s.path);
+        }
+        for r in &mut self.routes {
+            r.client_ca.iter_mut().for_each(fix);
+            for p in [
+                &mut r.upstream.ca,
+                &mut r.upstream.cert,
+                &mut r.upstream.key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fix(p);
+            }
+        }
+    }
+
+    /// An error about `key` in this file.
+    pub fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.source.display().to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        for (key, addr) in [
+            ("server.https", &s.https),
+            ("server.http", &s.http),
+            ("server.admin", &s.admin),
+        ] {
+            if let Some(a) = addr {
+                a.parse::<std::net::SocketAddr>().map_err(|e| {
+                    self.invalid(
+                        key,
+                        format!("{a:?} is not an address like 127.0.0.1:8443 ({e})"),
+                    )
+                })?;
+            }
+        }
+        if s.https.is_none() && s.http.is_none() {
+            return Err(self.invalid("server", "set at least one of `https` or `http`"));
+        }
+        if s.https.is_some() && self.certificates.is_empty() {
+            return Err(self.invalid(
+                "certificates",
+                "an https listener needs at least one certificate",
+            ));
+        }
+        if s.max_connections == 0 {
+            return Err(self.invalid("server.max_connections", "must be at least 1"));
+        }
+        http::HeaderName::from_bytes(s.identity_header.as_bytes())
+            .map_err(|_| self.invalid("server.identity_header", "not a valid header name"))?;
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            if !names.insert(&r.name) {
+                return Err(self.invalid(
+                    key("name"),
+                    format!("route name {:?} is used twice", r.name),
+                ));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return Err(self.invalid(key("path_prefix"), "must start with `/`"));
+            }
+            if r.upstreams.is_empty() {
+                return Err(self.invalid(key("upstreams"), "needs at least one upstream"));
+            }
+            if r.client_auth != ClientCertMode::Off && r.client_ca.is_empty() {
+                return Err(self.invalid(
+                    key("client_ca"),
+                    "client_auth is on but no CA bundle is given",
+                ));
+            }
+            if r.client_auth != ClientCertMode::Off && s.https.is_none() {
+                return Err(self.invalid(
+                    key("client_auth"),
+                    "client certificates need the https listener",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("proxy.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "[server]\nhttp = \"127.0.0.1:0\"\nmax_connections = \"lots\"\n",
+        );
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("proxy.toml"), "{err}");
+        assert!(err.contains("server.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "[server]\nhttp = \"127.0.0.1:0\"\n[[routes]]\nname = \"a\"\nupstreams = [\"http://127.0.0.1:1\"]\npath_prefix = \"api\"\n",
+        );
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("routes[0].path_prefix"), "{err}");
+    }
+
+    #[test]
+    // figment's Jail has a large error type; it only lives in this test.
+    #[allow(clippy::result_large_err)]
+    fn environment_overrides_nested_keys_and_paths_resolve_beside_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "[server]\nhttp = \"127.0.0.1:0\"\n[store]\npath = \"records.db\"\n",
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MTLS_PROXY_SERVER__HEADER_READ_TIMEOUT", "3s");
+            let c = Config::load(&p).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.header_read_timeout, Duration::from_secs(3));
+            assert_eq!(c.store.unwrap().path, dir.path().join("records.db"));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,214 @@
+//! The mtls-proxy phases: route lookup, per-route client certificate policy,
+//! the identity header, and one record plus metrics per exchange.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use edge::proxy::forward_headers;
+use edge::{ClientIdentity, Error, ErrorKind, Exchange, Peer, ProxyHttp, Session};
+use http::{HeaderMap, HeaderValue};
+use rustls::ServerConfig;
+
+use crate::config::ClientCertMode;
+use crate::runtime::{Route, Runtime};
+use crate::store::{header_pairs, Kind, Record, Recorder};
+
+/// The proxy: the current runtime (swapped on reload) and the recorder.
+pub struct MtlsProxy {
+    runtime: ArcSwap<Runtime>,
+    recorder: Recorder,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    /// The runtime this request started with; a reload mid-request does not
+    /// change its route.
+    runtime: Arc<Runtime>,
+    route: Option<Arc<Route>>,
+    /// The identity that passed the route's policy and goes upstream.
+    forwarded: Option<Arc<ClientIdentity>>,
+}
+
+impl MtlsProxy {
+    /// A proxy serving `runtime` and recording into `recorder`.
+    pub fn new(runtime: Runtime, recorder: Recorder) -> Self {
+        MtlsProxy {
+            runtime: ArcSwap::from_pointee(runtime),
+            recorder,
+        }
+    }
+
+    /// The runtime in force.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Replaces the runtime; requests already running keep the old one.
+    pub fn swap(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    /// The recorder.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    fn check_client(
+        &self,
+        session: &Session,
+        route: &Route,
+    ) -> Result<Option<Arc<ClientIdentity>>, Error> {
+        if route.mode == ClientCertMode::Off {
+            return Ok(None);
+        }
+        let tls = session.conn.tls.as_ref();
+        let Some(identity) = tls.and_then(|t| t.identity.clone()) else {
+            return match route.mode {
+                ClientCertMode::Required => Err(Error::new(
+                    ErrorKind::ClientCertRequired,
+                    format!("route {} requires a client certificate", route.name),
+                )),
+                _ => Ok(None),
+            };
+        };
+        if let (Some(verifier), Some(tls)) = (&route.recheck, tls) {
+            edge::tls::verify_chain(verifier.as_ref(), &tls.peer_chain).map_err(|e| {
+                Error::new(
+                    ErrorKind::IdentityNotAllowed,
+                    format!("certificate not trusted by route {}: {e}", route.name),
+                )
+            })?;
+        }
+        if !route.allow.allows(&identity) {
+            return Err(Error::new(
+                ErrorKind::IdentityNotAllowed,
+                format!(
+                    "{} is not on the allowlist of route {}",
+                    identity.primary(),
+                    route.name
+                ),
+            ));
+        }
+        Ok(Some(identity))
+    }
+}
+
+impl ProxyHttp for MtlsProxy {
+    type Ctx = Ctx;
+
+    fn new_ctx(&self, _session: &Session) -> Ctx {
+        Ctx {
+            runtime: self.runtime.load_full(),
+            route: None,
+            forwarded: None,
+        }
+    }
+
+    fn tls_config(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
+        self.runtime.load().tls_for(sni)
+    }
+
+    fn handshake_failed(&self, peer: SocketAddr, sni: Option<&str>, reason: &'static str) {
+        tracing::info!(%peer, ?sni, reason, "TLS handshake failed");
+        let mut rec = Record::new(Kind::Handshake);
+        rec.peer = Some(peer);
+        rec.error = Some(format!("tls:{reason}"));
+        rec.path = sni.map(str::to_owned);
+        self.recorder.record(rec);
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<Option<http::Response<edge::Body>>, Error> {
+        let host = session.host();
+        let route = ctx
+            .runtime
+            .route(host.as_deref(), session.uri.path())
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NoRoute,
+                    format!("host {host:?} path {}", session.uri.path()),
+                )
+            })?;
+        session.capture_request_body = route.capture_body;
+        session.capture_response_body = route.capture_body;
+        ctx.route = Some(route.clone());
+        ctx.forwarded = self.check_client(session, &route)?;
+        Ok(None)
+    }
+
+    fn upstream_peer(&self, _session: &Session, ctx: &mut Ctx) -> Result<Peer, Error> {
+        ctx.route
+            .as_ref()
+            .map(|r| r.group.clone())
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "no route chosen"))
+    }
+
+    fn upstream_request_filter(
+        &self,
+        session: &Session,
+        headers: &mut HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<(), Error> {
+        forward_headers(session, headers);
+        // Whatever a client claims about its certificate never reaches the
+        // upstream; only what the handshake verified does.
+        let name = &ctx.runtime.identity_header;
+        headers.remove(name);
+        if let Some(id) = &ctx.forwarded {
+            let value = HeaderValue::from_str(&id.forwarded_header())
+                .map_err(|e| Error::new(ErrorKind::Internal, format!("identity header: {e}")))?;
+            headers.insert(name.clone(), value);
+        }
+        Ok(())
+    }
+
+    fn logging(&self, ex: &Exchange, ctx: Ctx) {
+        let route = ctx.route.as_ref().map(|r| r.name.clone());
+        let route_label = route.clone().unwrap_or_else(|| "-".into());
+        let status = ex.status.map(|s| s.as_u16()).unwrap_or(0);
+        metrics::counter!("mtls_proxy_requests_total", "route" => route_label.clone(), "status" => status.to_string())
+            .increment(1);
+        metrics::histogram!("mtls_proxy_request_duration_seconds", "route" => route_label.clone())
+            .record(ex.duration.as_secs_f64());
+        if let Some(e) = &ex.error {
+            metrics::counter!("mtls_proxy_request_errors_total", "route" => route_label, "reason" => e.kind.reason())
+                .increment(1);
+        }
+        let tls = ex.conn.tls.as_ref();
+        let body = |c: &Option<edge::Captured>| c.as_ref().map(|c| c.data.clone());
+        let rec = Record {
+            ts: ex.started.min(SystemTime::now()),
+            duration: ex.duration,
+            kind: Kind::Request,
+            route,
+            upstream: ex.upstream.clone(),
+            method: Some(ex.method.to_string()),
+            path: Some(ex.uri.path().to_owned()),
+            query: ex.uri.query().map(str::to_owned),
+            status: ex.status.map(|s| s.as_u16()),
+            bytes_in: ex.bytes_in,
+            bytes_out: ex.bytes_out,
+            client_identity: tls.and_then(|t| t.identity.as_ref()).map(|i| i.primary()),
+            peer: Some(ex.conn.peer),
+            tls_version: tls.map(|t| t.version.to_owned()),
+            error: ex.error.as_ref().map(|e| e.kind.reason().to_owned()),
+            request_headers: header_pairs(&ex.request_headers),
+            response_headers: ex
+                .response_headers
+                .as_ref()
+                .map(header_pairs)
+                .unwrap_or_default(),
+            request_body: body(&ex.request_body),
+            response_body: body(&ex.response_body),
+            truncated: ex.request_body.as_ref().is_some_and(|c| c.truncated)
+                || ex.response_body.as_ref().is_some_and(|c| c.truncated),
+        };
+        self.recorder.record(rec);
+    }
+}

@@ -1,0 +1,292 @@
+//! Opening the database and keeping its schema current.
+//!
+//! The schema lives in `.sql` files under `migrations/`, embedded at compile
+//! time and applied by sqlx's [`Migrator`], which records what it applied in
+//! `_sqlx_migrations`. sqlx's `migrate!` macro would need the `macros`
+//! feature, so the migrator is built at runtime from an embedded source.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+
+use super::{StoreConfig, StoreError};
+
+/// Every migration, oldest first: version, description, SQL. Never edit a
+/// released file; sqlx refuses to start when a checksum changes.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "exchanges",
+    include_str!("migrations/0001_exchanges.sql"),
+)];
+
+/// The newest schema version this build understands.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// How long a statement waits for another connection's lock before failing
+/// with `SQLITE_BUSY`. Long enough to ride out a checkpoint or a `logs`
+/// query from another process, short enough that a stuck lock shows up in
+/// the health status.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The migrations compiled into the binary, as a sqlx migration source.
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl MigrationSource<'static> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 'static>> {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(migrations)))
+    }
+}
+
+/// Applies every pending migration.
+pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), MigrateError> {
+    Migrator::new(EmbeddedMigrations).await?.run(pool).await
+}
+
+/// Opens the single write connection, creating the file if needed.
+pub(crate) async fn open_writer(
+    path: &Path,
+    config: &StoreConfig,
+) -> Result<SqlitePool, StoreError> {
+    // Without a limit the write-ahead log keeps the size of its largest
+    // burst forever; cap it relative to the size budget.
+    let wal_limit = (config.max_bytes / 8).clamp(1 << 20, 64 << 20);
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        // Must be set before the first table exists; sqlx issues it before
+        // `journal_mode`, which is what SQLite needs on a fresh file. On an
+        // existing file it is a no-op.
+        .auto_vacuum(SqliteAutoVacuum::Incremental)
+        .journal_mode(SqliteJournalMode::Wal)
+        // NORMAL in WAL mode can lose the last transactions on power loss but
+        // never corrupts the file; for an audit log of a proxy that is the
+        // right trade for not syncing on every batch.
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .pragma("journal_size_limit", wal_limit.to_string());
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        // Keep the one connection for the life of the store: reopening it
+        // would lose per-connection state for no benefit.
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Opens a small pool of read-only connections for queries.
+pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
+    // Read-only connections must not set `journal_mode` or `auto_vacuum`:
+    // both are writes. The file's WAL mode is persistent anyway.
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    SqlitePoolOptions::new()
+        .max_connections(2)
+        .min_connections(0)
+        .idle_timeout(Duration::from_secs(60))
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Makes sure a file opened read-only really is a recording database this
+/// build can read, so the CLI fails with a clear message instead of a
+/// "no such table" error later.
+pub(crate) async fn check_schema(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let has_table: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
+         AND name IN ('exchanges', '_sqlx_migrations')",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(open_err)?;
+    if has_table < 2 {
+        return Err(StoreError::NotAStore {
+            path: path.to_path_buf(),
+        });
+    }
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .map_err(open_err)?;
+    match found {
+        Some(found) if found > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The write-ahead log that sits next to the database in WAL mode.
+pub(crate) fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// Size of the database file plus its write-ahead log; missing files count
+/// as empty, since a size probe must never fail.
+pub(crate) fn file_size(path: &Path) -> u64 {
+    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    len(path) + len(&wal_path(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::temp_config;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn open_creates_wal_database_with_incremental_vacuum() {
+        let (_dir, cfg) = temp_config();
+        let store = Store::open(&cfg).await.unwrap();
+        let pool = &store.write_side().unwrap().pool;
+
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        // 1 = NORMAL.
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(sync, 1);
+        // 2 = INCREMENTAL.
+        let vacuum: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(vacuum, 2);
+        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(busy, 5000);
+
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exchanges' \
+             ORDER BY name",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "exchanges_identity_ts",
+                "exchanges_route_ts",
+                "exchanges_status_ts",
+                "exchanges_ts",
+                "exchanges_uncompressed_ts"
+            ]
+        );
+        store.close().await;
+
+        // Opening again finds the migration applied and changes nothing.
+        let store = Store::open(&cfg).await.unwrap();
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .fetch_all(&store.inner.reader)
+            .await
+            .unwrap();
+        assert_eq!(versions, [SCHEMA_VERSION]);
+    }
+
+    #[tokio::test]
+    async fn read_only_open_rejects_missing_foreign_and_newer_files() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let missing = dir.path().join("missing.db");
+        let err = Store::open_read_only(&missing).await.unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        assert!(
+            !missing.exists(),
+            "a read-only open must not create the file"
+        );
+
+        // A SQLite file that is not ours.
+        let foreign = dir.path().join("foreign.db");
+        let pool = SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(&foreign)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let err = Store::open_read_only(&foreign).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+
+        // A recording database from a newer build.
+        let (_dir2, cfg) = temp_config();
+        let store = Store::open(&cfg).await.unwrap();
+        store
+            .exec_on_writer(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+                 execution_time) VALUES (99, 'future', TRUE, x'00', 0)",
+            )
+            .await;
+        store.close().await;
+        let err = Store::open_read_only(&cfg.path).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_fails_when_the_directory_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::new(dir.path().join("no/such/dir/records.db"));
+        let err = Store::open(&cfg).await.unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        assert!(err.to_string().contains("records.db"), "{err}");
+    }
+}
