@@ -11,7 +11,7 @@
 //!   them in batches, one transaction per batch.
 //! - A maintenance task deletes rows by age and by size and compresses old
 //!   bodies in place.
-//! - [`format`] renders rows as an aligned table or as JSON lines.
+//! - [`format`](mod@format) renders rows as an aligned table or as JSON lines.
 //!
 //! What this module must not do:
 //!
@@ -45,7 +45,7 @@ use sqlx::sqlite::SqlitePool;
 
 pub use config::StoreConfig;
 pub use format::OutputFormat;
-pub use query::{Filter, FilterError, FilterParams, StatusFilter};
+pub use query::{Filter, FilterError, FilterParams, StatusFilter, DEFAULT_LIMIT, MAX_LIMIT};
 pub use record::{header_pairs, Kind, Record, RecordRow};
 pub use redact::{Redactor, REDACTED};
 pub use retention::MaintenanceReport;
