@@ -1,0 +1,166 @@
+//! fake-llm integration tests: the real server on port 0, spoken to over HTTP.
+
+use fake_llm::{FakeLlm, Script};
+use serde_json::{json, Value};
+
+async fn post(fake: &FakeLlm, path: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}{path}", fake.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("fake-llm answers")
+}
+
+#[tokio::test]
+async fn openai_stream_is_byte_exact() {
+    let fake = FakeLlm::start().await;
+    fake.push(Script::text("Hi there").usage(5, 2));
+    let resp = post(
+        &fake,
+        "/chat/completions",
+        json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let body = resp.text().await.unwrap();
+    let head = r#"{"id":"chatcmpl-fake1","object":"chat.completion.chunk","created":1700000000,"model":"m","system_fingerprint":"fp_fake","choices":"#;
+    let expected = [
+        format!("data: {head}[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n"),
+        format!("data: {head}[{{\"index\":0,\"delta\":{{\"content\":\"Hi \"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n"),
+        format!("data: {head}[{{\"index\":0,\"delta\":{{\"content\":\"there\"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n"),
+        format!("data: {head}[{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"stop\"}}],\"usage\":null}}\n\n"),
+        format!("data: {head}[],\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}}}\n\n"),
+        "data: [DONE]\n\n".to_string(),
+    ]
+    .concat();
+    assert_eq!(body, expected);
+    assert_eq!(fake.requests()[0]["messages"][0]["content"], "hello");
+}
+
+#[tokio::test]
+async fn openai_tool_call_stream_snapshot() {
+    let fake = FakeLlm::start().await;
+    fake.push(Script::tool_call("bash", json!({"cmd": "ls -la"})).chunks(3));
+    let body = post(
+        &fake,
+        "/chat/completions",
+        json!({"model": "m", "stream": true, "messages": []}),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    insta::assert_snapshot!(body);
+}
+
+#[tokio::test]
+async fn anthropic_stream_snapshot() {
+    let fake = FakeLlm::start().await;
+    fake.push(
+        Script::tool_call("read_file", json!({"path": "src/main.rs"}))
+            .with_text("Let me look.")
+            .chunks(2)
+            .usage(30, 9),
+    );
+    let body = post(
+        &fake,
+        "/messages",
+        json!({"model": "claude-x", "max_tokens": 100, "stream": true, "messages": []}),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    insta::assert_snapshot!(body);
+}
+
+#[tokio::test]
+async fn non_streaming_and_models() {
+    let fake = FakeLlm::start().await;
+    fake.push(Script::text("plain answer"));
+    fake.push(Script::tool_call("bash", json!({"cmd": "pwd"})));
+    let openai: Value = post(
+        &fake,
+        "/chat/completions",
+        json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(openai["choices"][0]["message"]["content"], "plain answer");
+    assert_eq!(openai["choices"][0]["finish_reason"], "stop");
+    let anthropic: Value = post(&fake, "/messages", json!({"model": "c", "messages": []}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(anthropic["content"][0]["type"], "tool_use");
+    assert_eq!(anthropic["content"][0]["input"], json!({"cmd": "pwd"}));
+    assert_eq!(anthropic["stop_reason"], "tool_use");
+
+    let client = reqwest::Client::new();
+    let models: Value = client
+        .get(format!("{}/models", fake.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "fake-model");
+    assert_eq!(models["object"], "list");
+    let models: Value = client
+        .get(format!("{}/models", fake.base_url()))
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["type"], "model");
+}
+
+#[tokio::test]
+async fn errors_echo_and_cut_short() {
+    let fake = FakeLlm::start().await;
+    fake.push(Script::error(429).retry_after("1"));
+    fake.push(Script::echo());
+    fake.push(Script::cut_short("never finished", 2));
+    let resp = post(&fake, "/messages", json!({"model": "c", "messages": []})).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["type"], "rate_limit_error");
+
+    let echo: Value = post(
+        &fake,
+        "/chat/completions",
+        json!({"model": "m", "messages": [{"role": "user", "content": "say this"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(echo["choices"][0]["message"]["content"], "say this");
+
+    let resp = post(
+        &fake,
+        "/chat/completions",
+        json!({"model": "m", "stream": true, "messages": []}),
+    )
+    .await;
+    assert!(resp.text().await.is_err(), "the connection must break");
+
+    // An empty queue is reported, not hung on.
+    let resp = post(&fake, "/chat/completions", json!({"model": "m"})).await;
+    assert_eq!(resp.status(), 500);
+    assert_eq!(fake.requests().len(), 4);
+}
