@@ -605,27 +605,16 @@ fn classify_client_error(e: &hyper_util::client::legacy::Error, req_tap: &Tap) -
     }
     let mut chain = String::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut tls = false;
-    let mut timed_out = false;
+    let (mut tls, mut timed_out) = (false, false);
     while let Some(s) = source {
         if !chain.is_empty() {
             chain.push_str(": ");
         }
         chain.push_str(&s.to_string());
-        if s.downcast_ref::<rustls::Error>().is_some() {
-            tls = true;
-        }
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            if io.kind() == io::ErrorKind::TimedOut {
-                timed_out = true;
-            }
-            if io
-                .get_ref()
-                .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
-            {
-                tls = true;
-            }
-        }
+        tls |= wraps_rustls_error(s);
+        timed_out |= s
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
         source = s.source();
     }
     let kind = if tls {
@@ -638,6 +627,18 @@ fn classify_client_error(e: &hyper_util::client::legacy::Error, req_tap: &Tap) -
         ErrorKind::UpstreamProtocol
     };
     Error::new(kind, chain)
+}
+
+/// Whether `e` is, or wraps through `io::Error`s, a rustls error. The
+/// source chain alone misses it: `io::Error::source` skips the error it
+/// wraps and reports that error's source instead.
+fn wraps_rustls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    e.downcast_ref::<io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| wraps_rustls_error(inner))
 }
 
 /// Runs [`ProxyHttp::logging`] when the last body of an exchange is gone.

@@ -287,7 +287,7 @@ pub fn upstream_client_config(spec: &UpstreamTlsSpec) -> Result<ClientConfig, Se
         };
         builder.with_root_certificates(roots)
     };
-    let mut cfg = match (&spec.cert, &spec.key) {
+    let cfg = match (&spec.cert, &spec.key) {
         (Some(cert), Some(key)) => builder
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
             .map_err(|source| SetupError::Tls {
@@ -301,9 +301,8 @@ pub fn upstream_client_config(spec: &UpstreamTlsSpec) -> Result<ClientConfig, Se
             ))
         }
     };
-    // Upstream connections speak HTTP/1.1 so WebSocket upgrades and
-    // connection pooling behave the same for every upstream.
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ALPN is left empty: the HTTPS connector sets it (HTTP/1.1 only, so
+    // WebSocket upgrades and pooling behave the same for every upstream).
     Ok(cfg)
 }
 

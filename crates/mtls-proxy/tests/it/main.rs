@@ -1,0 +1,9 @@
+//! Integration tests for mtls-proxy: the real proxy on port 0, certificates
+//! made by rcgen in each test, a real echo backend and real clients.
+
+mod client_certs;
+mod limits;
+mod proxying;
+mod recording;
+mod reload;
+mod support;
