@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use crate::store::config::duration;
 
 use crate::store::StoreConfig;
 
@@ -285,16 +287,6 @@ impl Default for LogConfig {
 
 fn slash() -> String {
     "/".into()
-}
-
-/// Reads a duration written like `250ms`, `10s` or `7d`.
-pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a duration ({e}); write e.g. \"10s\""
-        ))
-    })
 }
 
 impl Config {

@@ -126,7 +126,9 @@ impl StoreConfig {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// Reads a duration written like `250ms`, `10s` or `7d`; shared with the
+/// rest of the configuration file.
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim())
         .map_err(|e| de::Error::custom(format!("invalid duration {text:?}: {e}")))

@@ -26,7 +26,7 @@
 //!   the store unhealthy (see [`StoreHealth`]) until a write succeeds again.
 //! - It knows nothing about HTTP servers or CLIs; callers adapt it.
 
-mod config;
+pub(crate) mod config;
 pub mod format;
 mod query;
 mod record;

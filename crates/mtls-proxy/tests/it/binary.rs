@@ -22,7 +22,10 @@ fn check_names_the_offending_key_and_file() {
     let out = bin().arg("check").arg("-c").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("client_auth"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("client_auth"),
+        "{err}"
+    );
 
     std::fs::write(
         &path,
@@ -32,15 +35,26 @@ fn check_names_the_offending_key_and_file() {
     let out = bin().arg("check").arg("-c").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("certificates[0]") && err.contains("missing.pem"), "{err}");
+    assert!(
+        err.contains("certificates[0]") && err.contains("missing.pem"),
+        "{err}"
+    );
 
     std::fs::write(&path, "[server]\nhttp = \"127.0.0.1:0\"\n").unwrap();
     let out = bin().arg("check").arg("-c").arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn config(port: u16, admin: u16, upstream: &str) -> String {
@@ -86,7 +100,11 @@ async fn sighup_reloads_and_sigterm_drains() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(name_at(&url).await.as_deref(), Some("a"));
     let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     let mut switched = false;
     for _ in 0..100 {
         if name_at(&url).await.as_deref() == Some("b") {
@@ -98,12 +116,20 @@ async fn sighup_reloads_and_sigterm_drains() {
     assert!(switched, "SIGHUP did not reload");
 
     // A slow request in flight when SIGTERM arrives still completes.
-    let slow = tokio::spawn(async move { reqwest::get(format!("http://127.0.0.1:{port}/slow")).await });
+    let slow =
+        tokio::spawn(async move { reqwest::get(format!("http://127.0.0.1:{port}/slow")).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let resp = slow.await.unwrap().expect("in-flight request was cut off");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "slow");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }
