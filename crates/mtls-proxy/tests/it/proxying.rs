@@ -265,3 +265,60 @@ async fn mutual_tls_towards_the_upstream_and_an_unknown_upstream_ca() {
     let rows = app.records("route=bad", 1).await;
     assert_eq!(rows[0]["error"], "upstream_tls");
 }
+
+#[tokio::test]
+async fn an_upstream_slower_than_the_header_timeout_gives_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backend().await;
+    let config = base_config(
+        false,
+        &format!("[[routes]]\nname = \"slowpoke\"\nupstreams = [\"{}\"]\n[routes.upstream]\nheader_timeout = \"100ms\"\n", b.url),
+    );
+    let app = spawn_app(dir.path(), &config).await;
+    let resp = reqwest::get(app.http_url("/slow")).await.unwrap();
+    assert_eq!(resp.status(), 504);
+    let rows = app.records("route=slowpoke", 1).await;
+    assert_eq!(rows[0]["error"], "upstream_header_timeout");
+    // Fast paths on the same route are unaffected.
+    assert_eq!(
+        reqwest::get(app.http_url("/fast")).await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn readiness_fails_when_a_certificate_expires_within_the_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let ca = pki.ca("ca");
+    pki.server("server", &ca, &["api.test"]);
+    let b = backend().await;
+    let certs = format!("[[certificates]]\ncert = \"server.pem\"\nkey = \"server.key\"\n[[routes]]\nname = \"r\"\nupstreams = [\"{}\"]\n", b.url);
+    // rcgen's default validity runs for decades: a one-day margin is fine...
+    let app = spawn_app(dir.path(), &base_config(true, &certs)).await;
+    let ready = app
+        .admin_client
+        .get(format!("http://{}/readyz", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    app.stop().await;
+    // ...while a margin of ten thousand years is not.
+    let config = base_config(true, &certs).replacen(
+        "[server]\n",
+        "[server]\ncert_expiry_margin = \"87600000h\"\n",
+        1,
+    );
+    let app = spawn_app(dir.path(), &config).await;
+    let ready = app
+        .admin_client
+        .get(format!("http://{}/readyz", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["certificates"][0]["ok"], false, "{body}");
+    assert_eq!(body["store_writable"], true, "{body}");
+}
