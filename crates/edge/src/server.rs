@@ -465,8 +465,11 @@ impl<P: ProxyHttp> Server<P> {
                 }
             }
         }
-        let settings = group.settings().clone();
-        let deadline = tokio::time::Instant::now() + settings.request_timeout;
+        let (request_timeout, header_timeout) = (
+            group.settings().request_timeout,
+            group.settings().header_timeout,
+        );
+        let deadline = tokio::time::Instant::now() + request_timeout;
         route.deadline = Some(deadline);
         let empty_body = body.is_end_stream();
         let req_tap = finish.req_tap(session.capture_request_body);
@@ -517,9 +520,8 @@ impl<P: ProxyHttp> Server<P> {
             let req = builder
                 .body(req_body)
                 .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
-            let wait = settings
-                .header_timeout
-                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let wait =
+                header_timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             let sent = tokio::time::timeout(wait, group.client().request(req)).await;
             let err = match sent {
                 Ok(Ok(resp)) => break (index, resp),

@@ -180,6 +180,9 @@ impl ProxyHttp for MtlsProxy {
             metrics::counter!("mtls_proxy_request_errors_total", "route" => route_label, "reason" => e.kind.reason())
                 .increment(1);
         }
+        if !self.recorder.is_enabled() {
+            return;
+        }
         let tls = ex.conn.tls.as_ref();
         let body = |c: &Option<edge::Captured>| c.as_ref().map(|c| c.data.clone());
         let rec = Record {

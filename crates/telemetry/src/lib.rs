@@ -63,8 +63,8 @@ impl Metrics {
 
 /// Histogram buckets (seconds) fine enough to see sub-millisecond latencies.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -93,7 +93,8 @@ pub fn metrics() -> Result<Metrics, TelemetryError> {
         Metrics { handle }
     });
     if installed {
-        metrics::set_global_recorder(recorder).map_err(|e| TelemetryError::Install(e.to_string()))?;
+        metrics::set_global_recorder(recorder)
+            .map_err(|e| TelemetryError::Install(e.to_string()))?;
     }
     Ok(m.clone())
 }
@@ -114,6 +115,9 @@ mod tests {
         assert!(text.contains("telemetry_test_latency_seconds_bucket{le=\"0.0001\"} 0"));
         // A second call hands back the same registry.
         metrics::counter!("telemetry_test_total").increment(2);
-        assert!(metrics().unwrap().render().contains("telemetry_test_total 2"));
+        assert!(metrics()
+            .unwrap()
+            .render()
+            .contains("telemetry_test_total 2"));
     }
 }

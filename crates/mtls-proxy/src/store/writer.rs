@@ -119,6 +119,11 @@ impl Recorder {
         }
     }
 
+    /// Whether records go anywhere; callers skip building them when not.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.tx.is_some()
+    }
+
     /// Queues `rec` for writing. Never waits: if the queue is full, the
     /// store is disabled or the writer has stopped, the record is dropped
     /// and counted.

@@ -1,0 +1,530 @@
+//! Sessions in SQLite: conversations, turns (with their checkpoints), tool
+//! calls and usage.
+//!
+//! The schema lives in `migrations/` and is embedded with `include_str!`, so
+//! the binary needs nothing beside it. Queries are runtime `sqlx::query`
+//! calls (the workspace builds sqlx without its macros), kept in this one
+//! module so no other code holds SQL.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use picode_llm::{Message, Usage};
+use serde::Serialize;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migrating the session database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("session database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("stored message is not valid: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("no session matches `{0}`")]
+    NoSuchSession(String),
+    #[error("`{0}` matches several sessions; give more characters")]
+    AmbiguousSession(String),
+}
+
+/// The migrations, in order. Adding one means adding a file and a line here.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "sessions",
+    include_str!("../migrations/0001_sessions.sql"),
+)];
+
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl MigrationSource<'static> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> BoxFuture<'static, Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// One row of `/sessions`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub project: String,
+    pub title: String,
+    pub provider: String,
+    pub model: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub turns: i64,
+    pub cost_usd: f64,
+}
+
+/// A user turn as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnRecord {
+    pub turn: u32,
+    pub prompt: String,
+    pub checkpoint: Option<String>,
+}
+
+/// A message with the user turn that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub turn: u32,
+    pub message: Message,
+}
+
+/// A tool call and its result, for the audit table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallRecord {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+    pub output: String,
+    pub is_error: bool,
+}
+
+/// Usage of one model call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub provider: String,
+    pub model: String,
+    pub usage: Usage,
+    pub cost_usd: f64,
+}
+
+/// The session database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A new session id: 12 random hex digits, short enough to type in `--resume`.
+fn new_session_id() -> String {
+    let mut bytes = [0u8; 6];
+    // An id clash is caught by the primary key; a failing RNG falls back to the clock.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    hex::encode(bytes)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(open_err)?
+            .filename(path)
+            .create_if_missing(true)
+            // WAL lets `picode serve` read sessions while a terminal session writes.
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Starts a new, empty session.
+    pub async fn create_session(
+        &self,
+        project: &str,
+        provider: &str,
+        model: &str,
+    ) -> Result<String, StoreError> {
+        let id = new_session_id();
+        let t = now();
+        sqlx::query(
+            "INSERT INTO sessions (id, project, provider, model, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(project)
+        .bind(provider)
+        .bind(model)
+        .bind(t)
+        .bind(t)
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// Resolves a full id or a unique prefix of one.
+    pub async fn resolve_session(&self, id_or_prefix: &str) -> Result<String, StoreError> {
+        let pattern = format!("{}%", id_or_prefix.replace(['%', '_'], ""));
+        let rows = sqlx::query("SELECT id FROM sessions WHERE id LIKE ? LIMIT 2")
+            .bind(&pattern)
+            .fetch_all(&self.pool)
+            .await?;
+        match rows.as_slice() {
+            [] => Err(StoreError::NoSuchSession(id_or_prefix.to_owned())),
+            [one] => Ok(one.get("id")),
+            _ => Err(StoreError::AmbiguousSession(id_or_prefix.to_owned())),
+        }
+    }
+
+    /// The most recently used session of a project.
+    pub async fn latest_session(&self, project: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id FROM sessions WHERE project = ? ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+        )
+        .bind(project)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get("id")))
+    }
+
+    /// Sessions, most recent first; all projects when `project` is `None`.
+    pub async fn list_sessions(
+        &self,
+        project: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.project, s.title, s.provider, s.model, s.created_at, s.updated_at,
+                    (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id) AS turns,
+                    (SELECT COALESCE(SUM(cost_usd), 0.0) FROM usage u WHERE u.session_id = s.id) AS cost
+             FROM sessions s
+             WHERE (?1 IS NULL OR s.project = ?1)
+             ORDER BY s.updated_at DESC, s.rowid DESC
+             LIMIT ?2",
+        )
+        .bind(project)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SessionInfo {
+                id: r.get("id"),
+                project: r.get("project"),
+                title: r.get("title"),
+                provider: r.get("provider"),
+                model: r.get("model"),
+                created_at: r.get("created_at"),
+                updated_at: r.get("updated_at"),
+                turns: r.get("turns"),
+                cost_usd: r.get("cost"),
+            })
+            .collect())
+    }
+
+    /// The session's conversation, in order.
+    pub async fn load_messages(&self, session: &str) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows =
+            sqlx::query("SELECT turn, content FROM messages WHERE session_id = ? ORDER BY seq")
+                .bind(session)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| {
+                let turn: i64 = r.get("turn");
+                let content: String = r.get("content");
+                Ok(StoredMessage {
+                    turn: turn as u32,
+                    message: serde_json::from_str(&content)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the stored conversation with `messages`.
+    ///
+    /// The whole conversation is rewritten because compaction and `/undo`
+    /// change its middle and its end; sessions are small enough that this
+    /// costs less than tracking edits.
+    pub async fn save_messages(
+        &self,
+        session: &str,
+        messages: &[StoredMessage],
+        provider: &str,
+        model: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM messages WHERE session_id = ?")
+            .bind(session)
+            .execute(&mut *tx)
+            .await?;
+        for (seq, m) in messages.iter().enumerate() {
+            let role = serde_json::to_value(m.message.role)?;
+            sqlx::query(
+                "INSERT INTO messages (session_id, seq, turn, role, content) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(session)
+            .bind(seq as i64)
+            .bind(m.turn as i64)
+            .bind(role.as_str().unwrap_or_default())
+            .bind(serde_json::to_string(&m.message)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE sessions SET updated_at = ?, provider = ?, model = ? WHERE id = ?")
+            .bind(now())
+            .bind(provider)
+            .bind(model)
+            .bind(session)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the start of a user turn; the first one also titles the session.
+    pub async fn record_turn(
+        &self,
+        session: &str,
+        turn: u32,
+        prompt: &str,
+        checkpoint: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO turns (session_id, turn, prompt, checkpoint, created_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(session)
+        .bind(turn as i64)
+        .bind(prompt)
+        .bind(checkpoint)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        let title: String = prompt
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(80)
+            .collect();
+        sqlx::query("UPDATE sessions SET title = ? WHERE id = ? AND title = ''")
+            .bind(title)
+            .bind(session)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The session's turns, oldest first.
+    pub async fn turns(&self, session: &str) -> Result<Vec<TurnRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT turn, prompt, checkpoint FROM turns WHERE session_id = ? ORDER BY turn",
+        )
+        .bind(session)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TurnRecord {
+                turn: r.get::<i64, _>("turn") as u32,
+                prompt: r.get("prompt"),
+                checkpoint: r.get("checkpoint"),
+            })
+            .collect())
+    }
+
+    /// Forgets a turn (after `/undo`); its tool calls and usage stay as history.
+    pub async fn delete_turn(&self, session: &str, turn: u32) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM turns WHERE session_id = ? AND turn = ?")
+            .bind(session)
+            .bind(turn as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn record_tool_call(
+        &self,
+        session: &str,
+        turn: u32,
+        call: &ToolCallRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tool_calls (session_id, turn, call_id, name, arguments, output, is_error, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(session)
+        .bind(turn as i64)
+        .bind(&call.call_id)
+        .bind(&call.name)
+        .bind(call.arguments.to_string())
+        .bind(&call.output)
+        .bind(call.is_error)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every tool call of a session, oldest first.
+    pub async fn tool_calls(&self, session: &str) -> Result<Vec<ToolCallRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT call_id, name, arguments, output, is_error FROM tool_calls
+             WHERE session_id = ? ORDER BY id",
+        )
+        .bind(session)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let arguments: String = r.get("arguments");
+                Ok(ToolCallRecord {
+                    call_id: r.get("call_id"),
+                    name: r.get("name"),
+                    arguments: serde_json::from_str(&arguments)?,
+                    output: r.get("output"),
+                    is_error: r.get("is_error"),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn record_usage(
+        &self,
+        session: &str,
+        turn: u32,
+        record: &UsageRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO usage (session_id, turn, provider, model, input_tokens, output_tokens, cost_usd, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(session)
+        .bind(turn as i64)
+        .bind(&record.provider)
+        .bind(&record.model)
+        .bind(record.usage.input_tokens as i64)
+        .bind(record.usage.output_tokens as i64)
+        .bind(record.cost_usd)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Total usage and cost of a session.
+    pub async fn usage_totals(&self, session: &str) -> Result<(Usage, f64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(input_tokens), 0) AS i, COALESCE(SUM(output_tokens), 0) AS o,
+                    COALESCE(SUM(cost_usd), 0.0) AS c
+             FROM usage WHERE session_id = ?",
+        )
+        .bind(session)
+        .fetch_one(&self.pool)
+        .await?;
+        let usage = Usage {
+            input_tokens: row.get::<i64, _>("i") as u64,
+            output_tokens: row.get::<i64, _>("o") as u64,
+        };
+        Ok((usage, row.get("c")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use picode_llm::Role;
+
+    #[tokio::test]
+    async fn sessions_round_trip_messages_turns_and_usage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let id = store.create_session("/p", "prov", "m").await.unwrap();
+        store
+            .record_turn(&id, 1, "fix the bug\nplease", None)
+            .await
+            .unwrap();
+        let messages = vec![
+            StoredMessage {
+                turn: 1,
+                message: Message::user("fix the bug"),
+            },
+            StoredMessage {
+                turn: 1,
+                message: Message::assistant_text("done"),
+            },
+        ];
+        store
+            .save_messages(&id, &messages, "prov", "m")
+            .await
+            .unwrap();
+        assert_eq!(store.load_messages(&id).await.unwrap(), messages);
+        store
+            .record_usage(
+                &id,
+                1,
+                &UsageRecord {
+                    provider: "prov".into(),
+                    model: "m".into(),
+                    usage: Usage {
+                        input_tokens: 10,
+                        output_tokens: 5,
+                    },
+                    cost_usd: 0.5,
+                },
+            )
+            .await
+            .unwrap();
+        let (usage, cost) = store.usage_totals(&id).await.unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (10, 5));
+        assert!((cost - 0.5).abs() < 1e-9);
+
+        let list = store.list_sessions(Some("/p"), 10).await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].title, "fix the bug");
+        assert_eq!(list[0].turns, 1);
+        assert_eq!(store.latest_session("/p").await.unwrap(), Some(id.clone()));
+        assert_eq!(store.resolve_session(&id[..4]).await.unwrap(), id);
+        assert_eq!(messages[1].message.role, Role::Assistant);
+
+        // Reopening applies no migration twice.
+        drop(store);
+        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        assert_eq!(store.turns(&id).await.unwrap().len(), 1);
+    }
+}
