@@ -116,7 +116,8 @@ pub struct Exchange {
     pub uri: Uri,
     /// Host the client addressed.
     pub host: Option<String>,
-    /// Request headers as received from the client.
+    /// Request headers as received from the client, after any changes
+    /// [`ProxyHttp::request_filter`] made (not the copy sent upstream).
     pub request_headers: HeaderMap,
     /// Response headers as sent to the client.
     pub response_headers: Option<HeaderMap>,

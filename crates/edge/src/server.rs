@@ -360,7 +360,6 @@ impl<P: ProxyHttp> Server<P> {
             capture_request_body: 0,
             capture_response_body: 0,
         };
-        let request_headers = session.headers.clone();
         let mut ctx = self.proxy.new_ctx(&session);
         let finish = Arc::new(Finish {
             proxy: self.proxy.clone(),
@@ -392,7 +391,7 @@ impl<P: ProxyHttp> Server<P> {
             method: session.method,
             uri: session.uri,
             host,
-            request_headers,
+            request_headers: session.headers,
             response_headers: Some(response.headers().clone()),
             status: Some(response.status()),
             upstream: route.upstream,
@@ -487,9 +486,8 @@ impl<P: ProxyHttp> Server<P> {
         let path = session
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let mut tried = Vec::new();
         let (index, mut response) = loop {
             let Some(index) = group.pick(&tried) else {
@@ -500,15 +498,26 @@ impl<P: ProxyHttp> Server<P> {
             };
             tried.push(index);
             let target = &group.targets()[index];
-            let base = target.base.to_string().trim_end_matches('/').to_owned();
-            let uri = format!("{base}{path}");
-            route.upstream = Some(base);
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = target.base.scheme().cloned();
+            parts.authority = target.base.authority().cloned();
+            parts.path_and_query = Some(path.clone());
+            let uri = http::Uri::from_parts(parts)
+                .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+            route.upstream = Some(target.label.clone());
             let mut builder = Request::builder()
                 .method(session.method.clone())
                 .uri(uri)
                 .version(Version::HTTP_11);
+            // Only a body-less request is ever retried; the last attempt
+            // takes the headers instead of copying them.
+            let last = !empty_body || tried.len() == group.targets().len();
             if let Some(h) = builder.headers_mut() {
-                *h = headers.clone();
+                *h = if last {
+                    std::mem::take(&mut headers)
+                } else {
+                    headers.clone()
+                };
             }
             let req_body = if empty_body {
                 // A body-less request can be rebuilt for a retry; keep the

@@ -61,6 +61,8 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 pub struct Upstream {
     /// Scheme and authority, e.g. `https://10.0.0.5:8443`.
     pub base: Uri,
+    /// `base` as text without a trailing slash, for records and logs.
+    pub label: String,
     /// Milliseconds since [`epoch`] until which the target is skipped.
     down_until_ms: AtomicU64,
 }
@@ -136,6 +138,11 @@ impl UpstreamGroup {
                 )));
             }
             targets.push(Upstream {
+                label: format!(
+                    "{}://{}",
+                    uri.scheme_str().unwrap_or("http"),
+                    uri.authority().map(|a| a.as_str()).unwrap_or_default()
+                ),
                 base: uri,
                 down_until_ms: AtomicU64::new(0),
             });

@@ -169,17 +169,28 @@ impl ProxyHttp for MtlsProxy {
     }
 
     fn logging(&self, ex: &Exchange, ctx: Ctx) {
-        let route = ctx.route.as_ref().map(|r| r.name.clone());
-        let route_label = route.clone().unwrap_or_else(|| "-".into());
         let status = ex.status.map(|s| s.as_u16()).unwrap_or(0);
-        metrics::counter!("mtls_proxy_requests_total", "route" => route_label.clone(), "status" => status.to_string())
-            .increment(1);
-        metrics::histogram!("mtls_proxy_request_duration_seconds", "route" => route_label.clone())
-            .record(ex.duration.as_secs_f64());
+        let seconds = ex.duration.as_secs_f64();
+        match &ctx.route {
+            Some(r) => {
+                r.metrics.requests(status).increment(1);
+                r.metrics.duration.record(seconds);
+            }
+            None => {
+                metrics::counter!("mtls_proxy_requests_total", "route" => "-", "status" => status.to_string()).increment(1);
+                metrics::histogram!("mtls_proxy_request_duration_seconds", "route" => "-")
+                    .record(seconds);
+            }
+        }
         if let Some(e) = &ex.error {
-            metrics::counter!("mtls_proxy_request_errors_total", "route" => route_label, "reason" => e.kind.reason())
+            let route = ctx
+                .route
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |r| r.name.clone());
+            metrics::counter!("mtls_proxy_request_errors_total", "route" => route, "reason" => e.kind.reason())
                 .increment(1);
         }
+        let route = ctx.route.as_ref().map(|r| r.name.clone());
         if !self.recorder.is_enabled() {
             return;
         }

@@ -33,6 +33,35 @@ pub struct Route {
     pub allow: Allowlist,
     /// Body capture limit.
     pub capture_body: usize,
+    /// Metric handles, resolved once instead of on every request.
+    pub metrics: RouteMetrics,
+}
+
+/// Per-route metric handles. Looking a labelled metric up in the registry
+/// allocates and hashes; these handles make recording an atomic add.
+pub struct RouteMetrics {
+    name: String,
+    /// Request latency.
+    pub duration: metrics::Histogram,
+    by_status: Box<[std::sync::OnceLock<metrics::Counter>]>,
+}
+
+impl RouteMetrics {
+    fn new(name: &str) -> Self {
+        RouteMetrics {
+            name: name.to_owned(),
+            duration: metrics::histogram!("mtls_proxy_request_duration_seconds", "route" => name.to_owned()),
+            by_status: (0..600).map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+
+    /// The request counter for `status` (0 when no response was sent).
+    pub fn requests(&self, status: u16) -> &metrics::Counter {
+        let slot = &self.by_status[usize::from(status) % self.by_status.len()];
+        slot.get_or_init(|| {
+            metrics::counter!("mtls_proxy_requests_total", "route" => self.name.clone(), "status" => status.to_string())
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -173,6 +202,7 @@ impl Runtime {
                     recheck: None,
                     allow,
                     capture_body: r.capture_body,
+                    metrics: RouteMetrics::new(&r.name),
                 },
                 cas,
             });

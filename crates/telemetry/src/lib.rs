@@ -69,6 +69,9 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
+/// How often queued histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the global metrics recorder once and returns its handle.
 ///
 /// Every histogram whose name ends in `_seconds` gets [`LATENCY_BUCKETS`].
@@ -95,6 +98,17 @@ pub fn metrics() -> Result<Metrics, TelemetryError> {
     if installed {
         metrics::set_global_recorder(recorder)
             .map_err(|e| TelemetryError::Install(e.to_string()))?;
+        // Histogram samples queue up until they are folded into buckets;
+        // without regular upkeep a process nobody scrapes would grow by
+        // every sample it records.
+        let upkeep = m.handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            })
+            .map_err(|e| TelemetryError::Install(format!("starting the upkeep thread: {e}")))?;
     }
     Ok(m.clone())
 }

@@ -1,5 +1,7 @@
 //! Integration tests: the real `picode` binary against `fake-llm` servers on
 //! port 0, in temporary projects, config and data directories.
+//! `live` runs against a real model server instead, only when asked
+//! (`scripts/live-llm`).
 
 mod compaction;
 mod config;
@@ -7,6 +9,7 @@ mod errors;
 mod headless;
 mod helpers;
 mod interactive;
+mod live;
 mod provider;
 mod serve;
 mod undo;

@@ -1,0 +1,272 @@
+//! PiCode against a real model server: an OpenAI-compatible llama.cpp server
+//! that `scripts/live-llm` starts with a small local model. The fake server
+//! proves what PiCode does with well-formed answers; these tests prove that
+//! a real server's stream, usage reports and message rules agree with it.
+//!
+//! They check the protocol, not the quality of the answers: a 135M model
+//! writes poor prose and calls tools at random, so nothing here depends on
+//! what it says. The tests are `#[ignore]`d so that CI never counts them as
+//! passed without a model; `scripts/live-llm` runs them with `--ignored` and
+//! sets `PICODE_LIVE_BASE_URL` (and, optionally, `PICODE_LIVE_MODEL`).
+//!
+//! Each test prints a `live:` line with its figures; the script collects
+//! those lines into its report.
+//!
+//! A forced `tool_choice` is not tested: `ChatRequest` has no way to force a
+//! tool, so there is nothing of PiCode's to check there.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use picode_llm::{
+    build_provider, collect, ChatRequest, ContentPart, Message, Provider, ProviderConfig,
+    ProviderKind, Role, StopReason, StreamEvent, ToolDef, Usage,
+};
+use serde_json::json;
+
+use crate::helpers::TestEnv;
+
+/// A generous bound on any one model call: prompt evaluation of PiCode's
+/// system prompt on two slow cores takes seconds, not minutes.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The live server, or `None` (with a note) when none was given.
+struct Live {
+    base_url: String,
+    model: String,
+    provider: Arc<dyn Provider>,
+}
+
+async fn live_server(test: &str) -> Option<Live> {
+    let Some(base_url) = std::env::var("PICODE_LIVE_BASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+    else {
+        println!("{test}: PICODE_LIVE_BASE_URL is not set; run scripts/live-llm to test against a real model");
+        return None;
+    };
+    let mut cfg = ProviderConfig::new("live", ProviderKind::OpenAi, "pending")
+        .with_base_url(base_url.clone());
+    cfg.max_retries = 0;
+    let model = match std::env::var("PICODE_LIVE_MODEL") {
+        Ok(model) if !model.trim().is_empty() => model,
+        // The server's own name for its model, which also exercises `models()`.
+        _ => build_provider(&cfg)
+            .expect("provider config")
+            .models()
+            .await
+            .expect("GET /models on the live server")
+            .into_iter()
+            .next()
+            .expect("the live server lists at least one model"),
+    };
+    cfg.model = model.clone();
+    let provider = build_provider(&cfg).expect("provider config");
+    Some(Live {
+        base_url,
+        model,
+        provider,
+    })
+}
+
+fn request(prompt: &str, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        system: Some("You are a helpful assistant. Answer briefly.".into()),
+        messages: vec![Message::user(prompt)],
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..ChatRequest::default()
+    }
+}
+
+/// (a) and (b): the adapter's stream from a real server carries several
+/// text deltas, one usage report with both counts, and ends with `Done`.
+#[tokio::test]
+#[ignore = "needs a live model: run scripts/live-llm"]
+async fn stream_has_deltas_usage_and_done() {
+    let Some(live) = live_server("stream_has_deltas_usage_and_done").await else {
+        return;
+    };
+    let req = request("Count from 1 to 30, separated by commas.", 96);
+
+    let started = Instant::now();
+    let mut stream = tokio::time::timeout(CALL_TIMEOUT, live.provider.stream(&req))
+        .await
+        .expect("the server answers in time")
+        .expect("the stream starts");
+    let mut deltas = 0usize;
+    let mut text = String::new();
+    let mut first_token = None;
+    let mut last_token = started;
+    let mut usage: Option<Usage> = None;
+    let mut done = None;
+    while let Some(event) = tokio::time::timeout(CALL_TIMEOUT, stream.next())
+        .await
+        .expect("the stream keeps flowing")
+    {
+        let event = event.expect("no stream error");
+        assert!(done.is_none(), "an event after Done: {event:?}");
+        match event {
+            StreamEvent::TextDelta(delta) => {
+                first_token.get_or_insert_with(Instant::now);
+                last_token = Instant::now();
+                deltas += 1;
+                text.push_str(&delta);
+            }
+            StreamEvent::ToolCall { .. } => {}
+            StreamEvent::Usage(u) => {
+                assert!(usage.is_none(), "usage reported twice");
+                usage = Some(u);
+            }
+            StreamEvent::Done(stop) => done = Some(stop),
+        }
+    }
+    let total = started.elapsed();
+
+    let stop = done.expect("the stream ended with Done");
+    assert!(
+        deltas > 1,
+        "more than one text delta, got {deltas}: {text:?}"
+    );
+    assert!(!text.trim().is_empty(), "the answer has text");
+    let usage = usage.expect("the server reported usage");
+    assert!(usage.input_tokens > 0, "input tokens: {usage:?}");
+    assert!(usage.output_tokens > 0, "output tokens: {usage:?}");
+    assert!(
+        matches!(stop, StopReason::EndTurn | StopReason::MaxTokens),
+        "stop reason: {stop:?}"
+    );
+
+    let first_token = first_token.expect("a first token");
+    let ttft = first_token - started;
+    // Decoding speed after the first token, so prompt evaluation is not
+    // counted twice (it is what the time to first token measures).
+    let decode = last_token - first_token;
+    let tokens_per_sec = if decode.is_zero() {
+        0.0
+    } else {
+        usage.output_tokens.saturating_sub(1) as f64 / decode.as_secs_f64()
+    };
+    println!(
+        "live: stream model={} deltas={deltas} stop={stop:?} ttft_ms={} tokens_per_s={tokens_per_sec:.1} \
+         input_tokens={} output_tokens={} total_ms={}",
+        live.model,
+        ttft.as_millis(),
+        usage.input_tokens,
+        usage.output_tokens,
+        total.as_millis(),
+    );
+}
+
+/// A conversation that replays a tool call and its result, the shape of
+/// every agent turn after the first. llama.cpp's server rejects assistant
+/// messages whose `content` is null, which the fake server cannot show.
+#[tokio::test]
+#[ignore = "needs a live model: run scripts/live-llm"]
+async fn tool_call_history_is_accepted() {
+    let Some(live) = live_server("tool_call_history_is_accepted").await else {
+        return;
+    };
+    let mut req = request("What is in notes.txt?", 32);
+    req.tools = vec![ToolDef {
+        name: "read_file".into(),
+        description: "Read a file of the project.".into(),
+        parameters: json!({
+            "type": "object",
+            "properties": {"path": {"type": "string"}},
+            "required": ["path"],
+        }),
+    }];
+    req.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![ContentPart::ToolCall {
+            id: "call_1".into(),
+            name: "read_file".into(),
+            arguments: json!({"path": "notes.txt"}),
+        }],
+    });
+    req.messages
+        .push(Message::tool_result("call_1", "alpha\nbeta\n", false));
+
+    let stream = tokio::time::timeout(CALL_TIMEOUT, live.provider.stream(&req))
+        .await
+        .expect("the server answers in time")
+        .expect("the server accepts a tool-call turn and its result");
+    let turn = tokio::time::timeout(CALL_TIMEOUT, collect(stream))
+        .await
+        .expect("the stream finishes in time")
+        .expect("the turn completes");
+    let usage = turn.usage.expect("usage after a tool result");
+    assert!(
+        usage.input_tokens > 0 && usage.output_tokens > 0,
+        "{usage:?}"
+    );
+    println!(
+        "live: tool_history stop={:?} input_tokens={} output_tokens={}",
+        turn.stop, usage.input_tokens, usage.output_tokens
+    );
+}
+
+/// (c): one headless turn through the real binary, configured by a
+/// `picode.toml` that points at the live server.
+#[tokio::test]
+#[ignore = "needs a live model: run scripts/live-llm"]
+async fn headless_chat_through_the_binary() {
+    let Some(live) = live_server("headless_chat_through_the_binary").await else {
+        return;
+    };
+    let env = TestEnv::new();
+    // TOML basic strings share JSON's escapes, so a JSON string literal is a
+    // safe way to write a model id that may be a file path.
+    env.write_user_config(&format!(
+        "default_provider = \"live\"\n\
+         [providers.live]\n\
+         kind = \"openai\"\n\
+         base_url = {}\n\
+         model = {}\n\
+         max_tokens = 64\n\
+         max_retries = 0\n\
+         context_window = 8192\n",
+        json!(live.base_url),
+        json!(live.model),
+    ));
+
+    let started = Instant::now();
+    let output = tokio::time::timeout(
+        CALL_TIMEOUT,
+        env.command()
+            .args([
+                "-p",
+                "Say hello in one short sentence.",
+                "--permission-mode",
+                "plan",
+                "--max-turns",
+                "3",
+                "--output-format",
+                "json",
+            ])
+            .output(),
+    )
+    .await
+    .expect("picode finishes in time")
+    .expect("run picode");
+    let elapsed = started.elapsed();
+    let run = crate::helpers::Run::from(output);
+    run.assert_code(0);
+    let out = run.json();
+
+    assert_eq!(out["status"], "completed", "{out:#}");
+    let result = out["result"].as_str().unwrap_or_default();
+    assert!(!result.trim().is_empty(), "non-empty answer: {out:#}");
+    let input = out["usage"]["input_tokens"].as_u64().unwrap_or(0);
+    let output_tokens = out["usage"]["output_tokens"].as_u64().unwrap_or(0);
+    assert!(input > 0, "input tokens reported: {out:#}");
+    assert!(output_tokens > 0, "output tokens reported: {out:#}");
+    println!(
+        "live: headless exit=0 status=completed input_tokens={input} output_tokens={output_tokens} \
+         tool_calls={} wall_ms={}",
+        out["tool_calls"].as_array().map_or(0, Vec::len),
+        elapsed.as_millis(),
+    );
+}
