@@ -206,6 +206,7 @@ mod tests {
         let usage = Usage {
             input_tokens: 2_000_000,
             output_tokens: 500_000,
+            ..Default::default()
         };
         let pricing = Pricing {
             input_per_mtok: 3.0,

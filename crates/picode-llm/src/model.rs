@@ -171,6 +171,11 @@ pub struct Usage {
     pub input_tokens: u64,
     /// Generated tokens.
     pub output_tokens: u64,
+    /// True when the provider reported no counts and these were estimated
+    /// from text length (about four characters a token). Some
+    /// OpenAI-compatible servers never send usage while streaming.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 impl Usage {
@@ -178,6 +183,7 @@ impl Usage {
     pub fn add(&mut self, other: Usage) {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
+        self.estimated |= other.estimated;
     }
 }
 

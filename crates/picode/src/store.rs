@@ -460,6 +460,7 @@ impl Store {
         let usage = Usage {
             input_tokens: row.get::<i64, _>("i") as u64,
             output_tokens: row.get::<i64, _>("o") as u64,
+            ..Default::default()
         };
         Ok((usage, row.get("c")))
     }
@@ -504,6 +505,7 @@ mod tests {
                     usage: Usage {
                         input_tokens: 10,
                         output_tokens: 5,
+                        ..Default::default()
                     },
                     cost_usd: 0.5,
                 },

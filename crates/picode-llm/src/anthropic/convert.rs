@@ -365,7 +365,8 @@ mod tests {
             [
                 StreamEvent::Usage(Usage {
                     input_tokens: 105,
-                    output_tokens: 7
+                    output_tokens: 7,
+                    ..Default::default()
                 }),
                 StreamEvent::Done(StopReason::MaxTokens)
             ]

@@ -51,11 +51,11 @@ pub(crate) fn to_wire(
                 } => results.push(wire::RequestMessage {
                     role: "tool",
                     // The protocol has no error flag, so the model is told in words.
-                    content: Some(if *is_error {
+                    content: if *is_error {
                         format!("Error: {content}")
                     } else {
                         content.clone()
-                    }),
+                    },
                     tool_calls: Vec::new(),
                     tool_call_id: Some(call_id.clone()),
                 }),
@@ -66,9 +66,13 @@ pub(crate) fn to_wire(
         messages.extend(results);
         match msg.role {
             Role::Assistant if !text.is_empty() || !calls.is_empty() => {
+                // An empty string, not null, for a message of tool calls
+                // only: OpenAI accepts either, but llama-cpp-python's server
+                // rejects null with a 500, which would end every agent turn
+                // that follows a bare tool call.
                 messages.push(wire::RequestMessage {
                     role: "assistant",
-                    content: (!text.is_empty()).then_some(text),
+                    content: text,
                     tool_calls: calls,
                     tool_call_id: None,
                 });
@@ -111,7 +115,7 @@ pub(crate) fn to_wire(
 fn text_message(role: &'static str, text: String) -> wire::RequestMessage {
     wire::RequestMessage {
         role,
-        content: Some(text),
+        content: text,
         tool_calls: Vec::new(),
         tool_call_id: None,
     }
@@ -142,15 +146,23 @@ pub(crate) struct ChunkDecoder {
     calls: BTreeMap<u32, PartialCall>,
     finish: Option<String>,
     usage: Option<Usage>,
+    /// Size of the request, for estimating usage the server does not report.
+    prompt_chars: usize,
+    /// Text and tool-call argument characters received.
+    output_chars: usize,
 }
 
 impl ChunkDecoder {
-    pub(crate) fn new(provider: &str) -> Self {
+    /// `prompt_chars` is the size of the request body; it only matters when
+    /// the server sends no usage.
+    pub(crate) fn new(provider: &str, prompt_chars: usize) -> Self {
         ChunkDecoder {
             provider: provider.to_string(),
             calls: BTreeMap::new(),
             finish: None,
             usage: None,
+            prompt_chars,
+            output_chars: 0,
         }
     }
 
@@ -167,9 +179,15 @@ impl ChunkDecoder {
                 arguments: parse_arguments(&call.arguments),
             });
         }
-        if let Some(usage) = self.usage.take() {
-            out.push(StreamEvent::Usage(usage));
-        }
+        // Servers that ignore `stream_options.include_usage` (llama-cpp-python
+        // among them) send no counts; an estimate marked as such beats
+        // reporting zero tokens and zero cost.
+        let usage = self.usage.take().unwrap_or(Usage {
+            input_tokens: self.prompt_chars.div_ceil(4) as u64,
+            output_tokens: self.output_chars.div_ceil(4) as u64,
+            estimated: true,
+        });
+        out.push(StreamEvent::Usage(usage));
         out.push(StreamEvent::Done(stop_reason(
             self.finish.as_deref(),
             had_calls,
@@ -204,12 +222,14 @@ impl Decoder for ChunkDecoder {
             self.usage = Some(Usage {
                 input_tokens: usage.prompt_tokens,
                 output_tokens: usage.completion_tokens,
+                estimated: false,
             });
         }
         // PiCode never asks for more than one choice.
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             let delta = choice.delta.unwrap_or_default();
             if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                self.output_chars += text.chars().count();
                 out.push(StreamEvent::TextDelta(text));
             }
             for (position, fragment) in delta.tool_calls.unwrap_or_default().into_iter().enumerate()
@@ -228,6 +248,7 @@ impl Decoder for ChunkDecoder {
                         call.name.push_str(&name);
                     }
                     if let Some(args) = function.arguments {
+                        self.output_chars += args.chars().count();
                         call.arguments.push_str(&args);
                     }
                 }
@@ -324,7 +345,7 @@ mod tests {
     fn compatible_server_quirks() {
         // Whole calls without `index` or `id`, usage inside the last choice
         // chunk, "stop" although calls were made, no `[DONE]`.
-        let mut d = ChunkDecoder::new("local");
+        let mut d = ChunkDecoder::new("local", 0);
         assert!(decode(
             &mut d,
             r#"{"choices":[{"delta":{"role":"assistant","reasoning_content":"hm"}}]}"#
@@ -345,18 +366,54 @@ mod tests {
             out[2],
             StreamEvent::Usage(Usage {
                 input_tokens: 3,
-                output_tokens: 4
+                output_tokens: 4,
+                ..Default::default()
             })
         );
         assert_eq!(out[3], StreamEvent::Done(StopReason::ToolUse));
     }
 
     #[test]
+    fn usage_is_estimated_and_marked_when_the_server_sends_none() {
+        let mut d = ChunkDecoder::new("local", 400);
+        decode(
+            &mut d,
+            r#"{"choices":[{"index":0,"delta":{"content":"twelve chars"}}]}"#,
+        )
+        .unwrap();
+        let out = decode(&mut d, "[DONE]").unwrap();
+        assert_eq!(
+            out[0],
+            StreamEvent::Usage(Usage {
+                input_tokens: 100,
+                output_tokens: 3,
+                estimated: true
+            })
+        );
+        // Reported counts are passed on untouched.
+        let mut d = ChunkDecoder::new("local", 400);
+        decode(
+            &mut d,
+            r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}"#,
+        )
+        .unwrap();
+        let out = decode(&mut d, "[DONE]").unwrap();
+        assert!(matches!(
+            out[0],
+            StreamEvent::Usage(Usage {
+                input_tokens: 7,
+                output_tokens: 2,
+                estimated: false
+            })
+        ));
+    }
+
+    #[test]
     fn error_payload_and_eof_without_finish() {
-        let mut d = ChunkDecoder::new("local");
+        let mut d = ChunkDecoder::new("local", 0);
         let err = decode(&mut d, r#"{"error":{"message":"model not loaded"}}"#).unwrap_err();
         assert_eq!(err.to_string(), "stream error: local: model not loaded");
-        let mut d = ChunkDecoder::new("local");
+        let mut d = ChunkDecoder::new("local", 0);
         decode(&mut d, r#"{"choices":[{"delta":{"content":"par"}}]}"#).unwrap();
         let err = d.on_eof(&mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("stream ended before completion"));

@@ -62,6 +62,7 @@ impl Provider for OpenAiProvider {
             }
         };
         let body = convert::to_wire(req, &self.cfg.model, self.cfg.max_tokens);
+        let prompt_chars = serde_json::to_string(&body).map_or(0, |s| s.len());
         let url = format!("{}/chat/completions", self.base_url);
         tracing::debug!(provider = %self.cfg.name, %url, model = %body.model, "starting chat completion stream");
         let resp = send_with_retry(&self.cfg.name, &self.retry, || {
@@ -73,7 +74,7 @@ impl Provider for OpenAiProvider {
         Ok(drive(
             &self.cfg.name,
             resp,
-            convert::ChunkDecoder::new(&self.cfg.name),
+            convert::ChunkDecoder::new(&self.cfg.name, prompt_chars),
             text,
         ))
     }

@@ -29,9 +29,9 @@ pub(crate) struct StreamOptions {
 #[derive(Debug, Serialize)]
 pub(crate) struct RequestMessage {
     pub role: &'static str,
-    /// `null` is allowed (and conventional) for assistant messages that only
-    /// carry tool calls.
-    pub content: Option<String>,
+    /// Never `null`: an assistant message of tool calls only carries `""`,
+    /// because some compatible servers (llama-cpp-python) reject `null`.
+    pub content: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<RequestToolCall>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -34,7 +34,8 @@ async fn text_streams_in_deltas_with_usage() {
             events[n - 2],
             StreamEvent::Usage(Usage {
                 input_tokens: 11,
-                output_tokens: 5
+                output_tokens: 5,
+                ..Default::default()
             }),
             "{kind:?}"
         );
@@ -116,7 +117,7 @@ async fn openai_request_after_tool_result_has_wire_shape() {
         json!([
             {"role": "system", "content": "You are a test."},
             {"role": "user", "content": "list files"},
-            {"role": "assistant", "content": null, "tool_calls": [
+            {"role": "assistant", "content": "", "tool_calls": [
                 {"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": "{\"cmd\":\"ls\"}"}}
             ]},
             {"role": "tool", "tool_call_id": "call_1", "content": "a.rs"}
