@@ -302,7 +302,9 @@ impl Config {
         }
         let figment = Figment::new()
             .merge(Toml::file_exact(path))
-            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+            // `MTLS_PROXY_CONFIG` names the file itself (see `--config`); it
+            // is not a key inside it.
+            .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
         let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse {
             file: file.clone(),
             message: e
@@ -462,6 +464,7 @@ mod tests {
         );
         figment::Jail::expect_with(|jail| {
             jail.set_env("MTLS_PROXY_SERVER__HEADER_READ_TIMEOUT", "3s");
+            jail.set_env("MTLS_PROXY_CONFIG", "ignored-here.toml");
             let c = Config::load(&p).map_err(|e| e.to_string())?;
             assert_eq!(c.server.header_read_timeout, Duration::from_secs(3));
             assert_eq!(c.store.unwrap().path, dir.path().join("records.db"));

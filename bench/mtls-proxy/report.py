@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Turns the raw measurements of bench/mtls-proxy/run into a Markdown report.
+
+Reads `runs.tsv` (scenario, proxy, oha JSON file, CPU ticks) and `facts.tsv`
+(key, value) from the work directory and prints the tables and the verdict
+on each target.
+"""
+
+import argparse
+import json
+import os
+import statistics
+
+SCENARIOS = [
+    ("plain", "Plain HTTP, keep-alive"),
+    ("tls_ka", "TLS 1.3, keep-alive"),
+    ("tls_new", "TLS 1.3, new connection per request"),
+    ("mtls_new", "mTLS, new connection per request"),
+    ("mtls_ka", "mTLS, keep-alive, recording off"),
+    ("mtls_ka_rec", "mTLS, keep-alive, recording on (headers)"),
+]
+DEADLINE = "aborted due to deadline"
+
+
+def load(path):
+    with open(path) as f:
+        data = json.load(f)
+    ok = sum(v for k, v in data["statusCodeDistribution"].items() if k == "200")
+    other = sum(v for k, v in data["statusCodeDistribution"].items() if k != "200")
+    errors = sum(v for k, v in data["errorDistribution"].items() if k != DEADLINE)
+    seconds = data["summary"]["total"]
+    lat = data["metrics"]["latency_ms"]
+    return {
+        "ok": ok,
+        "failed": other + errors,
+        "errors": {k: v for k, v in data["errorDistribution"].items() if k != DEADLINE},
+        "seconds": seconds,
+        "rps": ok / seconds if seconds else 0.0,
+        "p50": lat["p50"],
+        "p99": lat["p99"],
+    }
+
+
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", required=True)
+    p.add_argument("--command", required=True)
+    args = p.parse_args()
+
+    facts = {}
+    with open(os.path.join(args.dir, "facts.tsv")) as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("\t")
+            facts[key] = value
+    tck = int(facts.get("clk_tck", "100"))
+
+    rounds = {}
+    with open(os.path.join(args.dir, "runs.tsv")) as f:
+        for line in f:
+            rnd, scenario, proxy, path, ticks, accepts = line.rstrip("\n").split("\t")
+            r = load(path)
+            cpu_s = int(ticks) / tck
+            r["round"] = int(rnd)
+            r["cpu_us"] = cpu_s * 1e6 / r["ok"] if r["ok"] else float("nan")
+            r["cpu_pct"] = 100 * cpu_s / r["seconds"] if r["seconds"] else 0.0
+            r["upstream_conns"] = int(accepts)
+            rounds.setdefault((scenario, proxy), []).append(r)
+    # Each figure is the median over the rounds, taken on its own.
+    res = {}
+    for key, rs in rounds.items():
+        med = {
+            f: statistics.median(r[f] for r in rs)
+            for f in ("rps", "p50", "p99", "cpu_us", "cpu_pct", "upstream_conns")
+        }
+        med["failed"] = sum(r["failed"] for r in rs)
+        errors = {}
+        for r in rs:
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        med["errors"] = errors
+        res[key] = med
+
+    out = []
+    w = out.append
+    w(f"Command: `{args.command}`")
+    w("")
+    w(
+        f"mtls-proxy {facts['proxy_version']} (commit {facts['commit']}, release build) and nginx {facts['nginx_version']} "
+        f"(one worker) pinned to core 0; backend (nginx `return 200`) and oha "
+        f"{facts['oha_version']} pinned to core 1, all at niceness {facts['nice']}. "
+        f"Medians of {facts['rounds']} rounds of {facts['duration']} s per scenario and proxy "
+        f"(run back to back), "
+        f"{facts['connections']} connections for keep-alive runs, "
+        f"{facts['new_connections']} concurrent clients for new-connection runs. "
+        f"CPU: {facts['cpu']}; load average before/after: {facts['load_before']} / "
+        f"{facts['load_after']}."
+    )
+    w("")
+    w(
+        "| Scenario | mtls-proxy req/s | nginx req/s | ratio | mtls-proxy p50 / p99 ms "
+        "| nginx p50 / p99 ms | mtls-proxy CPU µs/req | nginx CPU µs/req | CPU ratio "
+        "| proxy core busy (mtls-proxy / nginx) | backend connections opened |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for key, label in SCENARIOS:
+        m, n = res.get((key, "mtls-proxy")), res.get((key, "nginx"))
+        if not m or not n:
+            continue
+        w(
+            f"| {label} | {m['rps']:,.0f} | {n['rps']:,.0f} | {ratio(m['rps'], n['rps']):.2f}x "
+            f"| {m['p50']:.2f} / {m['p99']:.2f} | {n['p50']:.2f} / {n['p99']:.2f} "
+            f"| {m['cpu_us']:.0f} | {n['cpu_us']:.0f} | {ratio(m['cpu_us'], n['cpu_us']):.2f}x "
+            f"| {m['cpu_pct']:.0f}% / {n['cpu_pct']:.0f}% "
+            f"| {m['upstream_conns']:.0f} / {n['upstream_conns']:.0f} |"
+        )
+    failures = [
+        f"{label} ({proxy}): {res[(key, proxy)]['failed']} failed, "
+        f"{res[(key, proxy)]['errors']}"
+        for key, label in SCENARIOS
+        for proxy in ("mtls-proxy", "nginx")
+        if (key, proxy) in res and res[(key, proxy)]["failed"]
+    ]
+    w("")
+    if failures:
+        w("Failed requests: " + "; ".join(failures) + ".")
+    else:
+        w("Every request answered 200.")
+    w("")
+
+    def conns(key):
+        opened, before, after = (int(x) for x in facts[key].split())
+        return opened, (after - before) * 1000 / opened / 1024 if opened else float("nan")
+
+    def served(proxy):
+        return sum(r["ok"] for r in rounds.get(("mtls_ka_rec", proxy), []))
+
+    def short(proxy, extra):
+        kept = int(facts["records_proxy" if proxy == "mtls-proxy" else "records_nginx"])
+        return served(proxy) + 500 * int(facts["rounds"]) + 2 + extra - kept
+
+    pc_open, pc_mib = conns("idle_conns_proxy")
+    nc_open, nc_mib = conns("idle_conns_nginx")
+    idle_p = int(facts["idle_rss_proxy"]) / 1024
+    idle_pr = int(facts["idle_rss_proxy_rec"]) / 1024
+    idle_n = int(facts["idle_rss_nginx"]) / 1024
+    sp, sn = float(facts["startup_proxy"]), float(facts["startup_nginx"])
+    w("| Resource | mtls-proxy | nginx |")
+    w("|---|---:|---:|")
+    w(
+        f"| Idle RSS (MiB; nginx: master + worker) | {idle_p:.1f} "
+        f"({idle_pr:.1f} with recording) | {idle_n:.1f} |"
+    )
+    w(
+        f"| RSS per 1,000 idle mTLS connections (MiB; opened {pc_open} / {nc_open}) "
+        f"| {pc_mib:.1f} | {nc_mib:.1f} |"
+    )
+    w(
+        f"| Startup to first proxied 200, median of {len(facts['startup_proxy_runs'].split())} (ms) "
+        f"| {sp:.1f} | {sn:.1f} |"
+    )
+    w("")
+    w(
+        f"Startup runs (ms): mtls-proxy {facts['startup_proxy_runs']}; "
+        f"nginx {facts['startup_nginx_runs']}. mtls-proxy ran "
+        f"{facts['proxy_threads']} threads. Records kept: the mtls-proxy store holds "
+        f"{int(facts['records_proxy']):,} rows and the nginx access log "
+        f"{int(facts['records_nginx']):,} lines, against {served('mtls-proxy'):,} and "
+        f"{served('nginx'):,} answers oha counted in the measured recording runs, plus "
+        f"500 warm-up requests per round and 2 checks (and for nginx a 300-request "
+        f"resumption check): {short('mtls-proxy', 0):,} and {short('nginx', 300):,} "
+        f"fewer than that."
+    )
+    w("")
+    w(
+        f"TLS 1.3 session resumption (checked with `openssl s_client`): mtls-proxy "
+        f"{facts['resumes_proxy']}, nginx {facts['resumes_nginx']}. In a check run of "
+        f"oha's new-connection mode against nginx, {facts['oha_resumed']} handshakes "
+        f"were resumptions, so the new-connection rows measure what oha does: "
+        f"resumed handshakes where the server allows them, full ones otherwise."
+    )
+    w("")
+
+    def get(key, proxy, field):
+        r = res.get((key, proxy))
+        return r[field] if r else float("nan")
+
+    ka = min(
+        ratio(get(k, "mtls-proxy", "rps"), get(k, "nginx", "rps"))
+        for k in ("plain", "tls_ka", "mtls_ka")
+    )
+    new_mtls = ratio(get("mtls_new", "mtls-proxy", "rps"), get("mtls_new", "nginx", "rps"))
+    rec_cost = 1 - ratio(
+        get("mtls_ka_rec", "mtls-proxy", "rps"), get("mtls_ka", "mtls-proxy", "rps")
+    )
+    rec_cpu = ratio(
+        get("mtls_ka_rec", "mtls-proxy", "cpu_us"), get("mtls_ka", "mtls-proxy", "cpu_us")
+    ) - 1
+
+    def verdict(ok):
+        return "met" if ok else "**missed**"
+
+    w("| Target | Observed | |")
+    w("|---|---|---|")
+    w(
+        f"| Keep-alive throughput at least nginx's | lowest ratio over plain, TLS and mTLS "
+        f"keep-alive: {ka:.2f}x | {verdict(ka >= 1.0)} |"
+    )
+    w(
+        f"| New mTLS connections at least 1.5x nginx | {new_mtls:.2f}x "
+        f"| {verdict(new_mtls >= 1.5)} |"
+    )
+    w(
+        f"| Recording costs under 15% of throughput | {100 * rec_cost:.1f}% fewer req/s "
+        f"({100 * rec_cpu:+.1f}% CPU per request) | {verdict(rec_cost < 0.15)} |"
+    )
+    w(
+        f"| Idle RSS under 10 MB | {idle_p * 1.048576:.1f} MB ({idle_p:.1f} MiB); "
+        f"{idle_pr * 1.048576:.1f} MB with recording on | {verdict(idle_p * 1.048576 < 10)} |"
+    )
+    w(f"| Startup under 100 ms | {sp:.1f} ms | {verdict(sp < 100)} |")
+    w("")
+    w("Every round (req/s, CPU µs per request):")
+    w("")
+    w("| Scenario | mtls-proxy | nginx |")
+    w("|---|---|---|")
+    for key, label in SCENARIOS:
+        cells = [
+            ", ".join(f"{r['rps']:,.0f} ({r['cpu_us']:.0f})" for r in rounds.get((key, proxy), []))
+            for proxy in ("mtls-proxy", "nginx")
+        ]
+        w(f"| {label} | {cells[0]} | {cells[1]} |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
