@@ -36,6 +36,23 @@ ANSI = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1
 TIMEOUT = float(os.environ.get("STEP_TIMEOUT", "60"))
 
 
+# Programs started and still running, ended on SIGTERM so that an
+# interrupted benchmark leaves nothing behind.
+RUNNING = set()
+
+
+def on_term(_signum, _frame):
+    for pid in RUNNING:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    sys.exit(143)
+
+
+signal.signal(signal.SIGTERM, on_term)
+
+
 def summary(samples_ms):
     return {
         "runs": len(samples_ms),
@@ -60,6 +77,7 @@ def ttft_once(cmd, pattern):
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    RUNNING.add(proc.pid)
     out = b""
     found = None
     deadline = start + TIMEOUT
@@ -86,6 +104,7 @@ def ttft_once(cmd, pattern):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
+    RUNNING.discard(proc.pid)
     if found is None:
         fail("no match for %r (exit %s); stderr: %s" % (pattern.pattern, proc.returncode, err[-1500:].decode("utf-8", "replace")), out)
     return found
@@ -208,6 +227,7 @@ class Pty:
                 os.execvp(cmd[0], cmd)
             finally:
                 os._exit(127)
+        RUNNING.add(self.pid)
         self.out = b""
         self.pos = 0
 
@@ -259,6 +279,7 @@ class Pty:
             os.waitpid(self.pid, 0)
         except OSError:
             pass
+        RUNNING.discard(self.pid)
 
 
 def cmd_session(args):
@@ -349,6 +370,15 @@ def mib(kib):
     return "%.1f MiB" % (kib / 1024)
 
 
+def rss_cell(r):
+    """All the processes of a session, and the one the user started when
+    they are not the same."""
+    total = r["tree_rss_kib"] + r.get("extra_rss_kib", 0)
+    if total == r["rss_kib"]:
+        return mib(total)
+    return "%s (%s in the process started, the rest in its helpers)" % (mib(total), mib(r["rss_kib"]))
+
+
 def cmd_report(args):
     work, turns = args[0], int(args[1])
     notes = {tool: [] for tool, _ in TOOLS}
@@ -407,23 +437,13 @@ def cmd_report(args):
 
         session = get("session-" + tool, tool)
         if session:
-            idle = session["idle"]
-            cell = mib(idle["tree_rss_kib"])
-            if idle.get("extra_rss_kib"):
-                cell += " + %s daemon = %s" % (
-                    mib(idle["extra_rss_kib"]),
-                    mib(idle["tree_rss_kib"] + idle["extra_rss_kib"]),
-                )
-            rows["idle"].append(cell)
+            rows["idle"].append(rss_cell(session["idle"]))
             if session["turns"]:
                 after = session["after"]
-                cell = mib(after["tree_rss_kib"])
-                if after.get("extra_rss_kib"):
-                    cell += " + %s daemon" % mib(after["extra_rss_kib"])
-                rows["after"].append(cell)
+                rows["after"].append(rss_cell(after))
                 rows["took"].append("%.1f s" % session["seconds"])
                 if tool == "picode":
-                    verdict["rss"] = after["tree_rss_kib"] / 1024
+                    verdict["rss"] = (after["tree_rss_kib"] + after.get("extra_rss_kib", 0)) / 1024
             else:
                 rows["after"].append("n/a")
                 rows["took"].append("n/a")
@@ -457,9 +477,10 @@ def cmd_report(args):
     out.append("")
     if provider_ms is not None:
         out.append(
-            "The provider's own time to first token on the same request (new "
-            "connection, time to the first content delta, median of %d): %s; "
-            "curl's `time_starttransfer` for one request: %s."
+            "The provider's own time to first token, from a minimal client on "
+            "the same server (a new connection per request, a streaming chat "
+            "request for `hi`, time to the first content delta; median of %d): "
+            "%s; curl's `time_starttransfer` for one request: %s."
             % (provider["runs"], ms(provider_ms), ms(float(curl) * 1000) if curl else "n/a")
         )
         out.append("")
