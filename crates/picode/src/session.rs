@@ -251,15 +251,32 @@ impl Session {
     ) -> Result<TurnReport, SessionError> {
         let turn = self.agent.turn() + 1;
         let label = format!("picode session {} turn {turn}", self.id);
+        // The checkpoint (a few git processes) runs while the model starts
+        // answering; tools wait for it, so it still precedes every edit.
+        let toolbox = Arc::clone(self.agent.toolbox());
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let checkpointing = tokio::spawn(async move {
+            let result = toolbox.begin_turn(&label).await;
+            let _ = done_tx.send(true);
+            result
+        });
+        self.agent.gate_tools(done_rx);
+        let report = self.agent.run_turn(prompt, approver, cancel, sink).await;
         // A missing checkpoint only costs `/undo` for this turn; the user's
-        // request still deserves an answer.
-        let checkpoint = match self.agent.toolbox().begin_turn(&label).await {
-            Ok(id) => Some(id.to_string()),
-            Err(err) => {
+        // request still got its answer.
+        let checkpoint = match checkpointing.await {
+            Ok(Ok(id)) => Some(id.to_string()),
+            Ok(Err(err)) => {
                 sink(AgentEvent::Warning {
                     message: format!(
                         "no checkpoint for this turn, /undo will not restore files: {err}"
                     ),
+                });
+                None
+            }
+            Err(err) => {
+                sink(AgentEvent::Warning {
+                    message: format!("no checkpoint for this turn: {err}"),
                 });
                 None
             }
@@ -268,7 +285,6 @@ impl Session {
             .store
             .record_turn(&self.id, turn, prompt, checkpoint.as_deref())
             .await?;
-        let report = self.agent.run_turn(prompt, approver, cancel, sink).await;
         self.persist(&report).await?;
         Ok(report)
     }

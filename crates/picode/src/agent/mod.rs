@@ -128,6 +128,9 @@ pub struct Agent {
     provider: Arc<dyn Provider>,
     pricing: Option<Pricing>,
     toolbox: Arc<Toolbox>,
+    /// Awaited before the first tool of the next turn runs: the turn's
+    /// checkpoint, taken while the model is already answering.
+    tools_gate: Option<ToolsGate>,
     system: String,
     history: Vec<StoredMessage>,
     turn: u32,
@@ -141,6 +144,9 @@ pub struct Agent {
 /// print, send over a channel or collect.
 pub type EventSink<'a> = &'a mut (dyn FnMut(AgentEvent) + Send);
 
+/// Turns `true` when tools may run (see [`Agent::gate_tools`]).
+pub type ToolsGate = tokio::sync::watch::Receiver<bool>;
+
 impl Agent {
     pub fn new(
         provider: Arc<dyn Provider>,
@@ -153,12 +159,20 @@ impl Agent {
             provider,
             pricing,
             toolbox,
+            tools_gate: None,
             system,
             history: Vec::new(),
             turn: 0,
             settings,
             last_input_tokens: 0,
         }
+    }
+
+    /// Makes the next tool call wait until `gate` turns `true`. The session uses it so that
+    /// the turn's checkpoint runs alongside the first model request instead
+    /// of in front of it, yet still before anything can change a file.
+    pub fn gate_tools(&mut self, gate: ToolsGate) {
+        self.tools_gate = Some(gate);
     }
 
     /// Replaces the model endpoint (`/model`, `/provider`); the conversation stays.
@@ -410,6 +424,10 @@ impl Agent {
         sink: EventSink<'_>,
         report: &mut TurnReport,
     ) -> bool {
+        if let Some(mut gate) = self.tools_gate.take() {
+            // An error means the sender is gone, which also ends the wait.
+            let _ = gate.wait_for(|ready| *ready).await;
+        }
         let mut cancelled = false;
         for (id, name, arguments) in calls {
             let output = if cancelled {
