@@ -133,6 +133,8 @@ pub struct Session {
     custom: BTreeMap<String, CustomCommand>,
     session_usage: Usage,
     session_cost: f64,
+    /// The agent's rewrite count and history length at the last save.
+    saved: Option<(u64, usize)>,
 }
 
 impl Session {
@@ -187,6 +189,7 @@ impl Session {
             custom,
             session_usage: Usage::default(),
             session_cost: 0.0,
+            saved: None,
         };
         session.load(&id).await?;
         Ok(session)
@@ -205,6 +208,8 @@ impl Session {
             .unwrap_or(0)
             .max(messages.iter().map(|m| m.turn).max().unwrap_or(0));
         self.agent.set_history(messages, turn);
+        // What was just loaded is what is stored.
+        self.saved = Some((self.agent.rewrites(), self.agent.history().len()));
         let (usage, cost) = self.app.store.usage_totals(id).await?;
         self.session_usage = usage;
         self.session_cost = cost;
@@ -289,16 +294,25 @@ impl Session {
         Ok(report)
     }
 
-    async fn persist(&mut self, report: &TurnReport) -> Result<(), SessionError> {
-        let store = &self.app.store;
-        store
-            .save_messages(
-                &self.id,
-                self.agent.history(),
-                &self.provider_name,
-                &self.model,
-            )
+    /// Stores the conversation: only what was appended since the last save,
+    /// or all of it after a rewrite (compaction, `/undo`, `/clear`, resume).
+    async fn save_history(&mut self) -> Result<(), StoreError> {
+        let history = self.agent.history();
+        let keep = match self.saved {
+            Some((rewrites, len)) if rewrites == self.agent.rewrites() => len,
+            _ => 0,
+        };
+        self.app
+            .store
+            .save_messages(&self.id, history, keep, &self.provider_name, &self.model)
             .await?;
+        self.saved = Some((self.agent.rewrites(), history.len()));
+        Ok(())
+    }
+
+    async fn persist(&mut self, report: &TurnReport) -> Result<(), SessionError> {
+        self.save_history().await?;
+        let store = &self.app.store;
         for call in &report.tool_calls {
             store.record_tool_call(&self.id, report.turn, call).await?;
         }
@@ -418,17 +432,7 @@ impl Session {
                 if let Some(usage) = done.usage {
                     self.session_usage.add(usage);
                 }
-                if let Err(e) = self
-                    .app
-                    .store
-                    .save_messages(
-                        &self.id,
-                        self.agent.history(),
-                        &self.provider_name,
-                        &self.model,
-                    )
-                    .await
-                {
+                if let Err(e) = self.save_history().await {
                     return format!("compacted, but saving failed: {e}");
                 }
                 format!(
@@ -475,15 +479,7 @@ impl Session {
         }
         self.agent.truncate_to_turn(last.turn);
         self.app.store.delete_turn(&self.id, last.turn).await?;
-        self.app
-            .store
-            .save_messages(
-                &self.id,
-                self.agent.history(),
-                &self.provider_name,
-                &self.model,
-            )
-            .await?;
+        self.save_history().await?;
         Ok(format!(
             "undid turn {}: {}{note}",
             last.turn,

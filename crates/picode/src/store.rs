@@ -278,24 +278,27 @@ impl Store {
             .collect()
     }
 
-    /// Replaces the stored conversation with `messages`.
+    /// Makes the stored conversation equal `messages`.
     ///
-    /// The whole conversation is rewritten because compaction and `/undo`
-    /// change its middle and its end; sessions are small enough that this
-    /// costs less than tracking edits.
+    /// The first `keep` messages are known to be stored already and are left
+    /// alone, so saving after a turn writes only that turn's messages
+    /// instead of the whole (ever longer) history.
     pub async fn save_messages(
         &self,
         session: &str,
         messages: &[StoredMessage],
+        keep: usize,
         provider: &str,
         model: &str,
     ) -> Result<(), StoreError> {
+        let keep = keep.min(messages.len());
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM messages WHERE session_id = ?")
+        sqlx::query("DELETE FROM messages WHERE session_id = ? AND seq >= ?")
             .bind(session)
+            .bind(keep as i64)
             .execute(&mut *tx)
             .await?;
-        for (seq, m) in messages.iter().enumerate() {
+        for (seq, m) in messages.iter().enumerate().skip(keep) {
             let role = serde_json::to_value(m.message.role)?;
             sqlx::query(
                 "INSERT INTO messages (session_id, seq, turn, role, content) VALUES (?, ?, ?, ?, ?)",
@@ -475,6 +478,35 @@ mod tests {
     use picode_llm::Role;
 
     #[tokio::test]
+    async fn saving_appends_after_the_kept_prefix_and_rewrites_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let id = store.create_session("/p", "prov", "m").await.unwrap();
+        let msg = |turn: u32, text: &str| StoredMessage {
+            turn,
+            message: Message::user(text),
+        };
+        let mut history = vec![msg(1, "a"), msg(1, "b")];
+        store
+            .save_messages(&id, &history, 0, "prov", "m")
+            .await
+            .unwrap();
+        history.extend([msg(2, "c"), msg(2, "d")]);
+        store
+            .save_messages(&id, &history, 2, "prov", "m")
+            .await
+            .unwrap();
+        assert_eq!(store.load_messages(&id).await.unwrap(), history);
+        // A rewrite (compaction, /undo) saves from zero and drops the rest.
+        let rewritten = vec![msg(1, "summary"), msg(2, "d")];
+        store
+            .save_messages(&id, &rewritten, 0, "prov", "m")
+            .await
+            .unwrap();
+        assert_eq!(store.load_messages(&id).await.unwrap(), rewritten);
+    }
+
+    #[tokio::test]
     async fn sessions_round_trip_messages_turns_and_usage() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).await.unwrap();
@@ -494,7 +526,7 @@ mod tests {
             },
         ];
         store
-            .save_messages(&id, &messages, "prov", "m")
+            .save_messages(&id, &messages, 0, "prov", "m")
             .await
             .unwrap();
         assert_eq!(store.load_messages(&id).await.unwrap(), messages);

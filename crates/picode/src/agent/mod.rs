@@ -131,6 +131,9 @@ pub struct Agent {
     /// Awaited before the first tool of the next turn runs: the turn's
     /// checkpoint, taken while the model is already answering.
     tools_gate: Option<ToolsGate>,
+    /// Counts rewrites of `history` other than appends, so the session
+    /// knows when the stored copy must be replaced rather than extended.
+    rewrites: u64,
     system: String,
     history: Vec<StoredMessage>,
     turn: u32,
@@ -160,6 +163,7 @@ impl Agent {
             pricing,
             toolbox,
             tools_gate: None,
+            rewrites: 0,
             system,
             history: Vec::new(),
             turn: 0,
@@ -199,11 +203,17 @@ impl Agent {
         &self.history
     }
 
+    /// How many times the history was rewritten rather than appended to.
+    pub fn rewrites(&self) -> u64 {
+        self.rewrites
+    }
+
     /// Loads a stored conversation (for `--resume`, `-c`, `/undo`).
     pub fn set_history(&mut self, history: Vec<StoredMessage>, turn: u32) {
         self.history = history;
         self.turn = turn;
         self.last_input_tokens = 0;
+        self.rewrites += 1;
     }
 
     /// The number of the latest user turn.
@@ -568,6 +578,7 @@ impl Agent {
             compact::compact(&*self.provider, &self.history, self.settings.keep_turns).await?;
         self.history = history;
         self.last_input_tokens = 0;
+        self.rewrites += 1;
         Ok(compact::Compacted {
             tokens_before: before,
             tokens_after: self.context_tokens(),
@@ -580,6 +591,7 @@ impl Agent {
         self.history.retain(|m| m.turn < turn);
         self.turn = turn.saturating_sub(1);
         self.last_input_tokens = 0;
+        self.rewrites += 1;
     }
 
     /// Forgets the conversation (`/clear`).
@@ -587,6 +599,7 @@ impl Agent {
         self.history.clear();
         self.turn = 0;
         self.last_input_tokens = 0;
+        self.rewrites += 1;
     }
 }
 
