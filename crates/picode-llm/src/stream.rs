@@ -8,8 +8,9 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use crate::config::ToolProtocol;
 use crate::error::LlmError;
-use crate::model::{EventStream, StopReason, StreamEvent};
+use crate::model::{ChatRequest, EventStream, StopReason, StreamEvent};
 use crate::sse::{SseEvent, SseParser};
 use crate::text_tools::{generate_call_id, parse_tool_calls, TextFilter};
 
@@ -32,6 +33,25 @@ pub(crate) struct TextOptions {
     pub text_tool_calls: bool,
     /// Names of the offered tools.
     pub known_tools: Vec<String>,
+}
+
+impl TextOptions {
+    /// What every adapter does first: decide how to read tool calls out of
+    /// text, and rewrite the request for the prompt-based tool protocol.
+    pub(crate) fn prepare(
+        req: &ChatRequest,
+        protocol: ToolProtocol,
+    ) -> (TextOptions, std::borrow::Cow<'_, ChatRequest>) {
+        let text = TextOptions {
+            text_tool_calls: !req.tools.is_empty(),
+            known_tools: req.tools.iter().map(|t| t.name.clone()).collect(),
+        };
+        let req = match protocol {
+            ToolProtocol::Native => std::borrow::Cow::Borrowed(req),
+            ToolProtocol::Prompt => std::borrow::Cow::Owned(crate::prompt_tools::apply(req)),
+        };
+        (text, req)
+    }
 }
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;

@@ -7,11 +7,11 @@ mod wire;
 
 use async_trait::async_trait;
 
-use crate::config::{ProviderConfig, ToolProtocol};
+use crate::config::ProviderConfig;
 use crate::model::{ChatRequest, EventStream};
 use crate::retry::{send_with_retry, transport_error, RetryPolicy};
 use crate::stream::{drive, TextOptions};
-use crate::{prompt_tools, LlmError, Provider};
+use crate::{LlmError, Provider};
 
 pub(crate) struct OpenAiProvider {
     cfg: ProviderConfig,
@@ -49,18 +49,8 @@ impl Provider for OpenAiProvider {
     }
 
     async fn stream(&self, req: &ChatRequest) -> Result<EventStream, LlmError> {
-        let text = TextOptions {
-            text_tool_calls: !req.tools.is_empty(),
-            known_tools: req.tools.iter().map(|t| t.name.clone()).collect(),
-        };
-        let prompt_req;
-        let req = match self.cfg.tool_protocol {
-            ToolProtocol::Native => req,
-            ToolProtocol::Prompt => {
-                prompt_req = prompt_tools::apply(req);
-                &prompt_req
-            }
-        };
+        let (text, req) = TextOptions::prepare(req, self.cfg.tool_protocol);
+        let req = req.as_ref();
         let body = convert::to_wire(req, &self.cfg.model, self.cfg.max_tokens);
         let prompt_chars = serde_json::to_string(&body).map_or(0, |s| s.len());
         let url = format!("{}/chat/completions", self.base_url);
