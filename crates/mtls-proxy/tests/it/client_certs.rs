@@ -22,15 +22,13 @@ async fn fixture_with(
     before: impl FnOnce(&Pki, &Issued),
 ) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let ca = pki.ca("ca");
-    pki.server("server", &ca, &["api.test", "localhost"]);
+    let (pki, ca) = pki_with_server(dir.path());
     before(&pki, &ca);
     let backend = backend().await;
     let config = base_config(
         true,
         &format!(
-            "[[certificates]]\ncert = \"server.pem\"\nkey = \"server.key\"\n\n[client_auth]\n{client_auth_extra}\n\n\
+            "{SERVER_CERT}\n[client_auth]\n{client_auth_extra}\n\n\
              [[routes]]\nname = \"secure\"\nhost = \"api.test\"\nupstreams = [\"{}\"]\nclient_auth = \"required\"\nclient_ca = [\"ca.pem\"]\n{route_extra}\n",
             backend.url
         ),

@@ -11,15 +11,12 @@ use crate::support::*;
 #[tokio::test]
 async fn a_spoofed_identity_header_is_stripped() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let ca = pki.ca("ca");
-    pki.server("server", &ca, &["api.test"]);
+    let (pki, ca) = pki_with_server(dir.path());
     let b = backend().await;
     let config = base_config(
         true,
         &format!(
-            "[[certificates]]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-             [[routes]]\nname = \"opt\"\nupstreams = [\"{}\"]\nclient_auth = \"optional\"\nclient_ca = [\"ca.pem\"]\n",
+            "{SERVER_CERT}[[routes]]\nname = \"opt\"\nupstreams = [\"{}\"]\nclient_auth = \"optional\"\nclient_ca = [\"ca.pem\"]\n",
             b.url
         ),
     );
@@ -108,13 +105,14 @@ async fn websocket_upgrades_pass_through() {
 #[tokio::test]
 async fn http2_is_negotiated_with_alpn() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let ca = pki.ca("ca");
-    pki.server("server", &ca, &["api.test"]);
+    let (_pki, ca) = pki_with_server(dir.path());
     let b = backend().await;
     let config = base_config(
         true,
-        &format!("[[certificates]]\ncert = \"server.pem\"\nkey = \"server.key\"\n[[routes]]\nname = \"h2\"\nupstreams = [\"{}\"]\n", b.url),
+        &format!(
+            "{SERVER_CERT}[[routes]]\nname = \"h2\"\nupstreams = [\"{}\"]\n",
+            b.url
+        ),
     );
     let app = spawn_app(dir.path(), &config).await;
     let resp = tls_client(&ca, None, "api.test", app.https.unwrap(), true)
@@ -289,11 +287,12 @@ async fn an_upstream_slower_than_the_header_timeout_gives_504() {
 #[tokio::test]
 async fn readiness_fails_when_a_certificate_expires_within_the_margin() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let ca = pki.ca("ca");
-    pki.server("server", &ca, &["api.test"]);
+    pki_with_server(dir.path());
     let b = backend().await;
-    let certs = format!("[[certificates]]\ncert = \"server.pem\"\nkey = \"server.key\"\n[[routes]]\nname = \"r\"\nupstreams = [\"{}\"]\n", b.url);
+    let certs = format!(
+        "{SERVER_CERT}[[routes]]\nname = \"r\"\nupstreams = [\"{}\"]\n",
+        b.url
+    );
     // rcgen's default validity runs for decades: a one-day margin is fine...
     let app = spawn_app(dir.path(), &base_config(true, &certs)).await;
     let ready = app

@@ -20,6 +20,19 @@ use rcgen::{
 };
 use tokio::net::TcpListener;
 
+/// The `[[certificates]]` block for the server certificate that
+/// [`pki_with_server`] writes.
+pub const SERVER_CERT: &str = "[[certificates]]\ncert = \"server.pem\"\nkey = \"server.key\"\n";
+
+/// A PKI in `dir` with a CA (`ca.pem`) and a server certificate for
+/// `api.test` signed by it (`server.pem`, `server.key`).
+pub fn pki_with_server(dir: &Path) -> (Pki, Issued) {
+    let pki = Pki::new(dir);
+    let ca = pki.ca("ca");
+    pki.server("server", &ca, &["api.test", "localhost"]);
+    (pki, ca)
+}
+
 /// A certificate with its key, written to disk as PEM.
 pub struct Issued {
     pub cert: rcgen::Certificate,
