@@ -1,6 +1,9 @@
 //! Client identities read from verified certificates, and allowlists over them.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use http::HeaderValue;
 
 use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
@@ -23,6 +26,9 @@ pub struct ClientIdentity {
     pub emails: Vec<String>,
     /// SHA-256 of the leaf certificate's DER, lowercase hex.
     pub fingerprint: String,
+    /// [`Self::forwarded_header`] as a header value, made on first use: a
+    /// connection sends the same identity with every request.
+    forwarded: OnceLock<Option<HeaderValue>>,
 }
 
 impl ClientIdentity {
@@ -56,14 +62,21 @@ impl ClientIdentity {
 
     /// The single name that best identifies the client: a SPIFFE ID or other
     /// URI first, then a DNS name, then the common name, then an email.
-    pub fn primary(&self) -> String {
+    pub fn primary(&self) -> &str {
         self.uris
             .first()
             .or(self.dns.first())
             .or(self.common_name.as_ref())
             .or(self.emails.first())
-            .cloned()
-            .unwrap_or_else(|| self.subject.clone())
+            .unwrap_or(&self.subject)
+    }
+
+    /// [`Self::forwarded_header`] as a header value; `None` if the
+    /// certificate holds characters a header cannot carry.
+    pub fn forwarded_header_value(&self) -> Option<&HeaderValue> {
+        self.forwarded
+            .get_or_init(|| HeaderValue::from_str(&self.forwarded_header()).ok())
+            .as_ref()
     }
 
     /// The value of an `x-forwarded-client-cert` style header, in the

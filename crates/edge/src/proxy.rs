@@ -124,7 +124,7 @@ pub struct Exchange {
     /// Status sent to the client.
     pub status: Option<StatusCode>,
     /// The upstream target that served it, `scheme://host:port`.
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     /// Request body bytes read from the client.
     pub bytes_in: u64,
     /// Response body bytes sent to the client.
@@ -276,8 +276,9 @@ pub trait ProxyHttp: Send + Sync + 'static {
     }
 
     /// Called once per request when the exchange is over: the response body
-    /// was sent or abandoned. Default: nothing.
-    fn logging(&self, exchange: &Exchange, ctx: Self::Ctx) {
+    /// was sent or abandoned. The exchange is handed over, so its headers can
+    /// be kept without copying. Default: nothing.
+    fn logging(&self, exchange: Exchange, ctx: Self::Ctx) {
         let _ = (exchange, ctx);
     }
 }

@@ -592,7 +592,7 @@ impl<P: ProxyHttp> Server<P> {
 /// response body's deadline.
 #[derive(Default)]
 struct Routed {
-    upstream: Option<String>,
+    upstream: Option<Arc<str>>,
     deadline: Option<tokio::time::Instant>,
 }
 
@@ -716,7 +716,7 @@ impl<P: ProxyHttp> Drop for Finish<P> {
                 exchange.error = t.failure();
             }
         }
-        self.proxy.logging(&exchange, ctx);
+        self.proxy.logging(exchange, ctx);
     }
 }
 

@@ -2,7 +2,7 @@
 //! pooled HTTP/1.1 client (plain or TLS, with optional client certificates).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::Uri;
@@ -62,7 +62,7 @@ pub struct Upstream {
     /// Scheme and authority, e.g. `https://10.0.0.5:8443`.
     pub base: Uri,
     /// `base` as text without a trailing slash, for records and logs.
-    pub label: String,
+    pub label: Arc<str>,
     /// Milliseconds since [`epoch`] until which the target is skipped.
     down_until_ms: AtomicU64,
 }
@@ -142,7 +142,8 @@ impl UpstreamGroup {
                     "{}://{}",
                     uri.scheme_str().unwrap_or("http"),
                     uri.authority().map(|a| a.as_str()).unwrap_or_default()
-                ),
+                )
+                .into(),
                 base: uri,
                 down_until_ms: AtomicU64::new(0),
             });

@@ -8,12 +8,12 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use edge::proxy::forward_headers;
 use edge::{ClientIdentity, Error, ErrorKind, Exchange, Peer, ProxyHttp, Session};
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use rustls::ServerConfig;
 
 use crate::config::ClientCertMode;
 use crate::runtime::{Route, Runtime};
-use crate::store::{header_pairs, Kind, Record, Recorder};
+use crate::store::{Kind, Record, Recorder};
 
 /// The proxy: the current runtime (swapped on reload) and the recorder.
 pub struct MtlsProxy {
@@ -161,14 +161,18 @@ impl ProxyHttp for MtlsProxy {
         let name = &ctx.runtime.identity_header;
         headers.remove(name);
         if let Some(id) = &ctx.forwarded {
-            let value = HeaderValue::from_str(&id.forwarded_header())
-                .map_err(|e| Error::new(ErrorKind::Internal, format!("identity header: {e}")))?;
-            headers.insert(name.clone(), value);
+            let value = id.forwarded_header_value().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Internal,
+                    "the client certificate's identity cannot be sent as a header",
+                )
+            })?;
+            headers.insert(name.clone(), value.clone());
         }
         Ok(())
     }
 
-    fn logging(&self, ex: &Exchange, ctx: Ctx) {
+    fn logging(&self, ex: Exchange, ctx: Ctx) {
         let status = ex.status.map(|s| s.as_u16()).unwrap_or(0);
         let seconds = ex.duration.as_secs_f64();
         match &ctx.route {
@@ -183,45 +187,39 @@ impl ProxyHttp for MtlsProxy {
             }
         }
         if let Some(e) = &ex.error {
-            let route = ctx
-                .route
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |r| r.name.clone());
+            let route = ctx.route.as_ref().map_or("-", |r| &r.name).to_owned();
             metrics::counter!("mtls_proxy_request_errors_total", "route" => route, "reason" => e.kind.reason())
                 .increment(1);
         }
-        let route = ctx.route.as_ref().map(|r| r.name.clone());
         if !self.recorder.is_enabled() {
             return;
         }
         let tls = ex.conn.tls.as_ref();
-        let body = |c: &Option<edge::Captured>| c.as_ref().map(|c| c.data.clone());
+        let truncated = ex.request_body.as_ref().is_some_and(|c| c.truncated)
+            || ex.response_body.as_ref().is_some_and(|c| c.truncated);
         let rec = Record {
             ts: ex.started.min(SystemTime::now()),
             duration: ex.duration,
             kind: Kind::Request,
-            route,
-            upstream: ex.upstream.clone(),
-            method: Some(ex.method.to_string()),
+            route: ctx.route.as_ref().map(|r| r.name.clone()),
+            upstream: ex.upstream,
+            method: Some(ex.method.as_str().to_owned()),
             path: Some(ex.uri.path().to_owned()),
             query: ex.uri.query().map(str::to_owned),
             status: ex.status.map(|s| s.as_u16()),
             bytes_in: ex.bytes_in,
             bytes_out: ex.bytes_out,
-            client_identity: tls.and_then(|t| t.identity.as_ref()).map(|i| i.primary()),
+            client_identity: tls
+                .and_then(|t| t.identity.as_ref())
+                .map(|i| i.primary().to_owned()),
             peer: Some(ex.conn.peer),
             tls_version: tls.map(|t| t.version.to_owned()),
-            error: ex.error.as_ref().map(|e| e.kind.reason().to_owned()),
-            request_headers: header_pairs(&ex.request_headers),
-            response_headers: ex
-                .response_headers
-                .as_ref()
-                .map(header_pairs)
-                .unwrap_or_default(),
-            request_body: body(&ex.request_body),
-            response_body: body(&ex.response_body),
-            truncated: ex.request_body.as_ref().is_some_and(|c| c.truncated)
-                || ex.response_body.as_ref().is_some_and(|c| c.truncated),
+            error: ex.error.map(|e| e.kind.reason().to_owned()),
+            request_headers: ex.request_headers,
+            response_headers: ex.response_headers.unwrap_or_default(),
+            request_body: ex.request_body.map(|c| c.data),
+            response_body: ex.response_body.map(|c| c.data),
+            truncated,
         };
         self.recorder.record(rec);
     }

@@ -19,7 +19,7 @@ use crate::config::{ClientCertMode, Config, ConfigError, StaleCrl};
 /// A route ready to serve.
 pub struct Route {
     /// Name for records and metrics.
-    pub name: String,
+    pub name: Arc<str>,
     host: Option<HostPattern>,
     prefix: String,
     /// Where requests go.
@@ -194,7 +194,7 @@ impl Runtime {
             files.extend(cas.iter().cloned());
             drafts.push(Draft {
                 route: Route {
-                    name: r.name.clone(),
+                    name: r.name.as_str().into(),
                     host: r.host.as_deref().map(HostPattern::parse),
                     prefix: r.path_prefix.clone(),
                     group: Arc::new(group),

@@ -56,7 +56,7 @@ mod defaults {
         10_000
     }
     pub(super) fn batch_size() -> usize {
-        256
+        1024
     }
     pub(super) fn flush_interval() -> Duration {
         Duration::from_millis(100)
@@ -197,7 +197,7 @@ mod tests {
         let cfg: StoreConfig = toml::from_str(r#"path = "/tmp/x.db""#).unwrap();
         assert_eq!(cfg, StoreConfig::new("/tmp/x.db"));
         assert_eq!(cfg.queue_capacity, 10_000);
-        assert_eq!(cfg.batch_size, 256);
+        assert_eq!(cfg.batch_size, 1024);
         assert_eq!(cfg.flush_interval, Duration::from_millis(100));
         assert_eq!(cfg.max_age, Duration::from_secs(7 * 86_400));
         assert_eq!(cfg.max_bytes, 1 << 30);

@@ -46,7 +46,7 @@ use sqlx::sqlite::SqlitePool;
 pub use config::StoreConfig;
 pub use format::OutputFormat;
 pub use query::{Filter, FilterError, FilterParams, StatusFilter, DEFAULT_LIMIT, MAX_LIMIT};
-pub use record::{header_pairs, Kind, Record, RecordRow};
+pub use record::{Kind, Record, RecordRow};
 pub use redact::{Redactor, REDACTED};
 pub use retention::MaintenanceReport;
 pub use writer::{Recorder, StoreTasks};
@@ -101,6 +101,15 @@ pub enum StoreError {
         /// The underlying SQLite error.
         #[source]
         source: sqlx::Error,
+    },
+    /// The record writer could not open its own connection to the database.
+    #[error("cannot open recording database {} for writing records", path.display())]
+    OpenWriter {
+        /// The database file.
+        path: PathBuf,
+        /// The underlying SQLite error.
+        #[source]
+        source: rusqlite::Error,
     },
     /// The schema migrations failed to apply.
     #[error("cannot migrate recording database {}", path.display())]

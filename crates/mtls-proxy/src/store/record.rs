@@ -4,9 +4,11 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http::HeaderMap;
 
 use super::from_micros;
 
@@ -87,9 +89,9 @@ pub struct Record {
     /// Request or failed handshake.
     pub kind: Kind,
     /// The configured route that matched, if any.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The upstream address the request was sent to, if any.
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     /// HTTP method.
     pub method: Option<String>,
     /// Request path without the query string.
@@ -111,10 +113,11 @@ pub struct Record {
     /// Why the exchange failed, as a stable reason such as
     /// `upstream_connect_refused`, `identity_not_allowed` or `tls:unknown_issuer`.
     pub error: Option<String>,
-    /// Request headers in order, as `(name, value)` pairs.
-    pub request_headers: Vec<(String, String)>,
-    /// Response headers in order, as `(name, value)` pairs.
-    pub response_headers: Vec<(String, String)>,
+    /// Request headers as received. The map is handed over rather than
+    /// copied; values that are not UTF-8 are stored lossily.
+    pub request_headers: HeaderMap,
+    /// Response headers as sent.
+    pub response_headers: HeaderMap,
     /// Captured request body, already truncated to the capture limit.
     pub request_body: Option<Bytes>,
     /// Captured response body, already truncated to the capture limit.
@@ -142,28 +145,13 @@ impl Record {
             peer: None,
             tls_version: None,
             error: None,
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
+            request_headers: HeaderMap::new(),
+            response_headers: HeaderMap::new(),
             request_body: None,
             response_body: None,
             truncated: false,
         }
     }
-}
-
-/// Turns an HTTP header map into the `(name, value)` pairs a [`Record`]
-/// carries. Values that are not UTF-8 are kept lossily, since the record is
-/// for humans and must not fail.
-pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
 }
 
 /// One stored row, as queries return it. Bodies are already decompressed
@@ -230,19 +218,6 @@ impl RecordRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_pairs_keep_order_and_survive_binary_values() {
-        let mut map = http::HeaderMap::new();
-        map.append("accept", "a".parse().unwrap());
-        map.append("accept", "b".parse().unwrap());
-        map.insert("x-bin", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        let pairs = header_pairs(&map);
-        assert_eq!(pairs[0], ("accept".to_owned(), "a".to_owned()));
-        assert_eq!(pairs[1], ("accept".to_owned(), "b".to_owned()));
-        assert_eq!(pairs[2].0, "x-bin");
-        assert!(pairs[2].1.starts_with("caf"));
-    }
 
     #[test]
     fn kinds_round_trip() {

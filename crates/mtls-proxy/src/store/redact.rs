@@ -1,6 +1,8 @@
 //! Header redaction: secrets are replaced before a row is written, so the
 //! database (and every backup or `logs` output made from it) never sees them.
 
+use http::HeaderMap;
+
 /// The value that replaces a redacted header value.
 pub const REDACTED: &str = "[redacted]";
 
@@ -44,41 +46,94 @@ impl Redactor {
             .any(|secret| secret.eq_ignore_ascii_case(name))
     }
 
-    /// Redacts `headers` in place, keeping names and order so the stored
-    /// record still shows that the header was sent.
-    pub fn redact(&self, headers: &mut [(String, String)]) {
-        for (name, value) in headers.iter_mut() {
-            if self.is_sensitive(name) {
-                REDACTED.clone_into(value);
+    /// Appends `headers` to `out` as the JSON stored in a row: an array of
+    /// `[name, value]` pairs in order, with sensitive values replaced by
+    /// [`REDACTED`]. Names and order survive, so a reader can still tell the
+    /// header was sent. Values that are not UTF-8 are kept lossily.
+    ///
+    /// Written by hand rather than through serde: it runs once per stored
+    /// exchange, and this is the writer's busiest code outside SQLite.
+    pub fn encode_json(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (i, (name, value)) in headers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
+            out.push(b'[');
+            push_json_string(out, name.as_str());
+            out.push(b',');
+            if self.is_sensitive(name.as_str()) {
+                push_json_string(out, REDACTED);
+            } else {
+                push_json_string(out, &String::from_utf8_lossy(value.as_bytes()));
+            }
+            out.push(b']');
         }
+        out.push(b']');
     }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+        } else {
+            out.extend_from_slice(escape);
+        }
+        plain = i + 1;
+    }
+    out.extend_from_slice(&bytes[plain..]);
+    out.push(b'"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-            .collect()
+    fn encode(redactor: &Redactor, list: &[(&str, &[u8])]) -> Vec<(String, String)> {
+        let mut map = HeaderMap::new();
+        for (n, v) in list {
+            map.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        let mut out = Vec::new();
+        redactor.encode_json(&map, &mut out);
+        serde_json::from_slice(&out).unwrap()
     }
 
     #[test]
     fn built_in_and_configured_names_are_redacted_case_insensitively() {
         let redactor = Redactor::new(["X-Api-Key", " x-session "]);
-        let mut headers = pairs(&[
-            ("Authorization", "Bearer abc"),
-            ("PROXY-AUTHORIZATION", "Basic xyz"),
-            ("cookie", "sid=1"),
-            ("Set-Cookie", "sid=2; HttpOnly"),
-            ("x-api-key", "k"),
-            ("X-SESSION", "s"),
-            ("accept", "*/*"),
-            ("x-api-key-hint", "not a secret"),
-        ]);
-        redactor.redact(&mut headers);
+        let headers = encode(
+            &redactor,
+            &[
+                ("Authorization", b"Bearer abc"),
+                ("PROXY-AUTHORIZATION", b"Basic xyz"),
+                ("cookie", b"sid=1"),
+                ("Set-Cookie", b"sid=2; HttpOnly"),
+                ("x-api-key", b"k"),
+                ("X-SESSION", b"s"),
+                ("accept", b"*/*"),
+                ("x-api-key-hint", b"not a secret"),
+                ("accept", b"text/html"),
+            ],
+        );
         let values: Vec<&str> = headers.iter().map(|(_, v)| v.as_str()).collect();
         assert_eq!(
             values,
@@ -90,12 +145,34 @@ mod tests {
                 REDACTED,
                 REDACTED,
                 "*/*",
-                "not a secret"
+                "text/html",
+                "not a secret",
             ]
         );
-        // Names and order survive, so the reader can tell the header was sent.
-        assert_eq!(headers[0].0, "Authorization");
-        assert_eq!(headers[3].0, "Set-Cookie");
+        // Names survive, so the reader can tell the header was sent; repeated
+        // names stay together in the order they came.
+        assert_eq!(headers[0].0, "authorization");
+        assert_eq!(headers[3].0, "set-cookie");
+        assert_eq!(headers[7].0, "accept");
+    }
+
+    #[test]
+    fn quotes_backslashes_and_control_bytes_are_escaped() {
+        let headers = encode(&Redactor::default(), &[("x-odd", b"a\"b\\c\td \xc3\xa9")]);
+        assert_eq!(headers[0].1, "a\"b\\c\td \u{e9}");
+        // Header values cannot hold the other control bytes, but the encoder
+        // does not rely on that.
+        let mut out = Vec::new();
+        push_json_string(&mut out, "\u{1}\n\r\u{7f}x");
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, "\u{1}\n\r\u{7f}x");
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_kept_lossily() {
+        let headers = encode(&Redactor::default(), &[("x-bin", b"caf\xe9")]);
+        assert_eq!(headers[0].0, "x-bin");
+        assert_eq!(headers[0].1, "caf\u{fffd}");
     }
 
     #[test]

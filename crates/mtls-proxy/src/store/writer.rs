@@ -1,21 +1,29 @@
 //! The write path: a non-blocking [`Recorder`] handle in front of a writer
-//! task that inserts records in batches.
+//! thread that inserts records in batches.
 //!
 //! The proxy calls [`Recorder::record`] on its hot path, so that call only
-//! ever does a `try_send` on a bounded channel. Everything that can be slow
-//! (redaction, JSON encoding, SQLite) happens on the writer task. When the
-//! writer falls behind, the channel fills and records are dropped and
-//! counted: losing log rows is better than slowing traffic.
+//! bumps a counter and does a `try_send` on a bounded channel; it wakes the
+//! writer only when the queue goes from empty to busy or a batch fills up.
+//! Everything that can be slow (redaction, JSON encoding, SQLite) happens on
+//! the writer thread. When the writer falls behind, the channel fills and
+//! records are dropped and counted: losing log rows is better than slowing
+//! traffic.
+//!
+//! The writer owns its own SQLite connection through rusqlite: one prepared
+//! statement, arguments bound straight from the records, no copies and no
+//! hops between threads per statement. Queries and maintenance keep using the
+//! store's sqlx pools.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::task::JoinHandle;
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::oneshot;
 
-use super::tx::WriteTx;
 use super::{
     retention, to_micros, Filter, Record, RecordRow, Redactor, Store, StoreError, StoreHealth,
     WarnLimiter, METRIC_RECORDS_DROPPED, METRIC_RECORDS_FAILED, METRIC_RECORDS_WRITTEN,
@@ -26,12 +34,19 @@ use super::{
 /// waiting for traffic (which a failing readiness probe may be holding off).
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often an idle writer looks whether its senders are all gone.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
 /// The least time between two identical warnings about failing writes.
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
-/// What travels from the handles to the writer task. Flush and shutdown
-/// share the channel with records so that they are ordered after every
-/// record sent before them.
+/// How long the writer's connection waits for another connection's lock
+/// (maintenance, a `logs` query) before a batch fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What travels from the handles to the writer. Flush and shutdown share the
+/// channel with records so that they are ordered after every record sent
+/// before them.
 // Boxing the record would cost an allocation per proxied request; the
 // channel stores messages inline, so the size difference is harmless.
 #[allow(clippy::large_enum_variant)]
@@ -39,6 +54,9 @@ enum Msg {
     Record(Record),
     Flush(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
+    /// Runs one statement on the writer's connection (tests flip pragmas).
+    #[cfg(test)]
+    Exec(String, oneshot::Sender<()>),
 }
 
 /// The proxy's handle for recording exchanges. Cloning is cheap (one `Arc`).
@@ -49,9 +67,83 @@ pub struct Recorder {
 
 struct RecorderInner {
     /// `None` for a disabled recorder.
-    tx: Option<mpsc::Sender<Msg>>,
+    queue: Option<Queue>,
     store: Option<Store>,
     dropped: AtomicU64,
+}
+
+/// The sending side of the writer's channel plus what it needs to wake it.
+#[derive(Clone)]
+struct Queue {
+    tx: SyncSender<Msg>,
+    signal: Arc<Signal>,
+    writer: Thread,
+}
+
+/// What senders and the writer share besides the channel.
+struct Signal {
+    /// Records sent and not yet taken by the writer. Counted before the send,
+    /// so it is never below the true queue length.
+    queued: AtomicUsize,
+    /// A control message waits: the writer stops gathering at once.
+    urgent: AtomicBool,
+    /// Set once the writer has stopped; control messages stop waiting.
+    stopped: AtomicBool,
+    batch_size: usize,
+}
+
+impl Queue {
+    fn send_record(&self, rec: Record) -> bool {
+        let n = self.signal.queued.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.tx.try_send(Msg::Record(rec)) {
+            Ok(()) => {
+                // The writer parks while the queue is empty and while a batch
+                // gathers; wake it for the first record and for a full batch.
+                if n == 1 || n == self.signal.batch_size {
+                    self.writer.unpark();
+                }
+                true
+            }
+            Err(_) => {
+                self.signal.queued.fetch_sub(1, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    /// Sends a control message, waiting for queue space if need be. Returns
+    /// false when the writer has stopped.
+    async fn send_control(&self, msg: Msg) -> bool {
+        let mut msg = msg;
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => {
+                    self.signal.urgent.store(true, Ordering::SeqCst);
+                    self.writer.unpark();
+                    return true;
+                }
+                Err(TrySendError::Full(back)) => {
+                    if self.signal.stopped.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    msg = back;
+                    self.signal.urgent.store(true, Ordering::SeqCst);
+                    self.writer.unpark();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    /// Sends a control message carrying an acknowledgement and waits for it.
+    async fn round_trip(&self, msg: impl FnOnce(oneshot::Sender<()>) -> Msg) {
+        let (ack, done) = oneshot::channel();
+        if self.send_control(msg(ack)).await {
+            // An error means the writer stopped, which also ends the wait.
+            let _ = done.await;
+        }
+    }
 }
 
 impl std::fmt::Debug for Recorder {
@@ -63,28 +155,71 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
-/// The background tasks behind a [`Recorder`]. Call [`StoreTasks::shutdown`]
-/// on the way out to write what is still queued; merely dropping this value
-/// leaves the tasks running until the runtime stops.
-#[derive(Debug)]
+/// The background work behind a [`Recorder`]: the writer thread and the
+/// maintenance task. Call [`StoreTasks::shutdown`] on the way out to write
+/// what is still queued; merely dropping this value leaves them running
+/// until the process ends.
 pub struct StoreTasks {
-    tx: mpsc::Sender<Msg>,
+    queue: Queue,
     writer: JoinHandle<()>,
-    maintenance: JoinHandle<()>,
-    stop_maintenance: Arc<Notify>,
+    maintenance: tokio::task::JoinHandle<()>,
+    stop_maintenance: Arc<tokio::sync::Notify>,
     store: Store,
 }
 
+impl std::fmt::Debug for StoreTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreTasks")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Recorder {
-    /// Starts the writer and maintenance tasks for `store` on the current
-    /// tokio runtime and returns the handle plus the tasks.
+    /// Opens the writer's connection, starts the writer thread and, on the
+    /// current tokio runtime, the maintenance task; returns the handle plus
+    /// the tasks.
     ///
-    /// Fails with [`StoreError::ReadOnly`] for a store opened read-only.
+    /// Fails with [`StoreError::ReadOnly`] for a store opened read-only, and
+    /// with [`StoreError::OpenWriter`] if the writer's connection cannot be
+    /// opened.
     pub fn start(store: Store) -> Result<(Recorder, StoreTasks), StoreError> {
-        let config = store.write_side()?.config.clone();
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let writer = tokio::spawn(run_writer(store.clone(), rx));
-        let stop_maintenance = Arc::new(Notify::new());
+        let side = store.write_side()?;
+        let config = side.config.clone();
+        let conn = open_connection(store.path()).map_err(|source| StoreError::OpenWriter {
+            path: store.path().to_path_buf(),
+            source,
+        })?;
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let signal = Arc::new(Signal {
+            queued: AtomicUsize::new(0),
+            urgent: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            batch_size: config.batch_size,
+        });
+        let writer = Writer {
+            store: store.clone(),
+            conn,
+            rx,
+            signal: signal.clone(),
+            redactor: side.redactor.clone(),
+            batch_size: config.batch_size,
+            flush_interval: config.flush_interval,
+            warn: WarnLimiter::new(WARN_EVERY),
+            request_json: Vec::new(),
+            response_json: Vec::new(),
+            peer: String::new(),
+        };
+        let handle = thread::Builder::new()
+            .name("recorder".to_owned())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
+        let queue = Queue {
+            tx,
+            signal,
+            writer: handle.thread().clone(),
+        };
+        let stop_maintenance = Arc::new(tokio::sync::Notify::new());
         let maintenance = tokio::spawn(retention::run_maintenance_loop(
             store.clone(),
             config.maintenance_interval,
@@ -92,14 +227,14 @@ impl Recorder {
         ));
         let recorder = Recorder {
             inner: Arc::new(RecorderInner {
-                tx: Some(tx.clone()),
+                queue: Some(queue.clone()),
                 store: Some(store.clone()),
                 dropped: AtomicU64::new(0),
             }),
         };
         let tasks = StoreTasks {
-            tx,
-            writer,
+            queue,
+            writer: handle,
             maintenance,
             stop_maintenance,
             store,
@@ -112,7 +247,7 @@ impl Recorder {
     pub fn disabled() -> Recorder {
         Recorder {
             inner: Arc::new(RecorderInner {
-                tx: None,
+                queue: None,
                 store: None,
                 dropped: AtomicU64::new(0),
             }),
@@ -121,15 +256,15 @@ impl Recorder {
 
     /// Whether records go anywhere; callers skip building them when not.
     pub fn is_enabled(&self) -> bool {
-        self.inner.tx.is_some()
+        self.inner.queue.is_some()
     }
 
     /// Queues `rec` for writing. Never waits: if the queue is full, the
     /// store is disabled or the writer has stopped, the record is dropped
     /// and counted.
     pub fn record(&self, rec: Record) {
-        let sent = match &self.inner.tx {
-            Some(tx) => tx.try_send(Msg::Record(rec)).is_ok(),
+        let sent = match &self.inner.queue {
+            Some(queue) => queue.send_record(rec),
             None => false,
         };
         if !sent {
@@ -159,7 +294,12 @@ impl Recorder {
             };
         };
         let mut health = store.health();
-        if self.inner.tx.as_ref().is_some_and(mpsc::Sender::is_closed) {
+        if self
+            .inner
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.signal.stopped.load(Ordering::SeqCst))
+        {
             health.writable = false;
             health.last_error = Some("the store writer has stopped".to_owned());
         }
@@ -183,25 +323,30 @@ impl Recorder {
     /// has failed). Unlike [`Recorder::record`] this waits for queue space;
     /// it is meant for tests and orderly shutdown, not the request path.
     pub async fn flush(&self) {
-        let Some(tx) = &self.inner.tx else { return };
-        let (ack, done) = oneshot::channel();
-        if tx.send(Msg::Flush(ack)).await.is_ok() {
-            // An error means the writer stopped, which also ends the wait.
-            let _ = done.await;
+        if let Some(queue) = &self.inner.queue {
+            queue.round_trip(Msg::Flush).await;
         }
+    }
+
+    /// Runs one statement on the writer's connection, so tests can flip
+    /// per-connection pragmas such as `query_only` or `max_page_count`.
+    #[cfg(test)]
+    async fn exec_on_writer(&self, sql: &str) {
+        let queue = self.inner.queue.as_ref().expect("an enabled recorder");
+        queue.round_trip(|ack| Msg::Exec(sql.to_owned(), ack)).await;
     }
 }
 
 impl StoreTasks {
-    /// Writes everything queued so far, stops both tasks and closes the
-    /// database. Records sent afterwards are dropped and counted.
+    /// Writes everything queued so far, stops the writer and maintenance and
+    /// closes the database. Records sent afterwards are dropped and counted.
     pub async fn shutdown(self) {
-        let (ack, done) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(ack)).await.is_ok() {
-            let _ = done.await;
-        }
-        if let Err(e) = self.writer.await {
-            tracing::error!(error = %e, "the store writer task failed");
+        self.queue.round_trip(Msg::Shutdown).await;
+        let writer = self.writer;
+        match tokio::task::spawn_blocking(move || writer.join()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!("the store writer thread panicked"),
+            Err(e) => tracing::error!(error = %e, "waiting for the store writer failed"),
         }
         self.stop_maintenance.notify_one();
         if let Err(e) = self.maintenance.await {
@@ -211,231 +356,266 @@ impl StoreTasks {
     }
 }
 
-/// The writer task: gathers up to `batch_size` records or whatever arrived
-/// within `flush_interval` of the first one, and inserts them in one
-/// transaction. It never returns early on errors; it ends only on shutdown
-/// or when every sender is gone.
-async fn run_writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
-    let Ok(side) = store.write_side() else {
-        return;
-    };
-    let batch_size = side.config.batch_size;
-    let flush_interval = side.config.flush_interval;
-    let mut batch: Vec<Record> = Vec::with_capacity(batch_size.min(1024));
-    let mut warn = WarnLimiter::new(WARN_EVERY);
-
-    loop {
-        let first = if store.health_state().is_writable() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await {
-                Ok(msg) => msg,
-                Err(_idle) => {
-                    probe(&store, &side.pool).await;
-                    continue;
-                }
-            }
-        };
-        let control = match first {
-            None => return,
-            Some(Msg::Record(rec)) => {
-                batch.push(rec);
-                fill_batch(&mut rx, &mut batch, batch_size, flush_interval).await
-            }
-            Some(Msg::Flush(ack)) => Control::Flush(ack),
-            Some(Msg::Shutdown(ack)) => Control::Shutdown(ack),
-        };
-        write_batch(&store, &side.pool, &side.redactor, &mut batch, &mut warn).await;
-        match control {
-            Control::None => {}
-            Control::Flush(ack) => {
-                let _ = ack.send(());
-            }
-            Control::Shutdown(ack) => {
-                let _ = ack.send(());
-                return;
-            }
-            Control::Closed => return,
-        }
-    }
+/// Opens the writer's own connection to a database the store has already
+/// created and migrated. `synchronous` and the busy timeout are
+/// per-connection settings; WAL mode is a property of the file.
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
 }
 
-/// What interrupted a batch besides it filling up or its time running out.
-enum Control {
-    None,
-    Flush(oneshot::Sender<()>),
-    Shutdown(oneshot::Sender<()>),
-    Closed,
-}
+const INSERT: &str = "INSERT INTO exchanges (ts, duration_us, kind, route, upstream, method, \
+     path, query, status, bytes_in, bytes_out, client_identity, peer, tls_version, error, \
+     truncated, request_headers, response_headers, request_body, response_body) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19, ?20)";
 
-/// Adds records to `batch` until it is full, the interval since the first
-/// record is over, or a control message arrives.
-async fn fill_batch(
-    rx: &mut mpsc::Receiver<Msg>,
-    batch: &mut Vec<Record>,
+/// The writer thread's state.
+struct Writer {
+    store: Store,
+    conn: Connection,
+    rx: Receiver<Msg>,
+    signal: Arc<Signal>,
+    redactor: Redactor,
     batch_size: usize,
     flush_interval: Duration,
-) -> Control {
-    let deadline = tokio::time::Instant::now() + flush_interval;
-    while batch.len() < batch_size {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(Msg::Record(rec))) => batch.push(rec),
-            Ok(Some(Msg::Flush(ack))) => return Control::Flush(ack),
-            Ok(Some(Msg::Shutdown(ack))) => return Control::Shutdown(ack),
-            Ok(None) => return Control::Closed,
-            Err(_elapsed) => break,
+    warn: WarnLimiter,
+    /// Buffers reused for every row.
+    request_json: Vec<u8>,
+    response_json: Vec<u8>,
+    peer: String,
+}
+
+/// What the writer does after a message.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Writer {
+    /// Gathers up to `batch_size` records or whatever arrived within
+    /// `flush_interval` of the first one, and inserts them in one
+    /// transaction. Never returns early on errors; it ends only on shutdown
+    /// or when every sender is gone.
+    fn run(mut self) {
+        let mut batch: Vec<Record> = Vec::with_capacity(self.batch_size.min(1024));
+        loop {
+            if !self.pending() {
+                // Idle: a sender wakes us for the first record; wake anyway
+                // now and then to notice that the senders are gone, and to
+                // probe a failing database.
+                let writable = self.store.health_state().is_writable();
+                thread::park_timeout(if writable { IDLE_WAKE } else { PROBE_INTERVAL });
+                if !self.pending() {
+                    match self.rx.try_recv() {
+                        Err(TryRecvError::Disconnected) => break,
+                        Err(TryRecvError::Empty) => {
+                            if !self.store.health_state().is_writable() {
+                                self.probe();
+                            }
+                            continue;
+                        }
+                        Ok(msg) => {
+                            if let Next::Stop = self.handle(msg, &mut batch) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            // Let the batch fill for up to the flush interval.
+            let deadline = Instant::now() + self.flush_interval;
+            while self.signal.queued.load(Ordering::SeqCst) < self.batch_size
+                && !self.signal.urgent.load(Ordering::SeqCst)
+            {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                thread::park_timeout(deadline - now);
+            }
+            self.signal.urgent.store(false, Ordering::SeqCst);
+            if let Next::Stop = self.drain(&mut batch) {
+                break;
+            }
         }
+        self.write_batch(&mut batch);
+        self.signal.stopped.store(true, Ordering::SeqCst);
     }
-    Control::None
-}
 
-/// A record turned into column values, with headers redacted.
-struct NewRow {
-    rec: Record,
-    request_headers: String,
-    response_headers: String,
-}
+    /// Whether records or a control message wait.
+    fn pending(&self) -> bool {
+        self.signal.queued.load(Ordering::SeqCst) > 0 || self.signal.urgent.load(Ordering::SeqCst)
+    }
 
-impl NewRow {
-    fn prepare(mut rec: Record, redactor: &Redactor) -> NewRow {
-        redactor.redact(&mut rec.request_headers);
-        redactor.redact(&mut rec.response_headers);
-        let request_headers = headers_json(&rec.request_headers);
-        let response_headers = headers_json(&rec.response_headers);
-        NewRow {
-            rec,
-            request_headers,
-            response_headers,
+    /// Takes everything queued now, writing a batch whenever one fills.
+    fn drain(&mut self, batch: &mut Vec<Record>) -> Next {
+        loop {
+            match self.rx.try_recv() {
+                Ok(msg) => {
+                    if let Next::Stop = self.handle(msg, batch) {
+                        return Next::Stop;
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Next::Stop,
+            }
         }
+        self.write_batch(batch);
+        Next::Continue
     }
-}
 
-fn headers_json(headers: &[(String, String)]) -> String {
-    // Serialising string pairs cannot fail; fall back to an empty list
-    // rather than panic if that ever changes.
-    serde_json::to_string(headers).unwrap_or_else(|_| "[]".to_owned())
-}
-
-/// Writes and empties `batch`, updating health and metrics either way.
-async fn write_batch(
-    store: &Store,
-    pool: &SqlitePool,
-    redactor: &Redactor,
-    batch: &mut Vec<Record>,
-    warn: &mut WarnLimiter,
-) {
-    if batch.is_empty() {
-        return;
+    fn handle(&mut self, msg: Msg, batch: &mut Vec<Record>) -> Next {
+        match msg {
+            Msg::Record(rec) => {
+                self.signal.queued.fetch_sub(1, Ordering::SeqCst);
+                batch.push(rec);
+                if batch.len() >= self.batch_size {
+                    self.write_batch(batch);
+                }
+            }
+            Msg::Flush(ack) => {
+                self.write_batch(batch);
+                let _ = ack.send(());
+            }
+            Msg::Shutdown(ack) => {
+                self.write_batch(batch);
+                self.signal.stopped.store(true, Ordering::SeqCst);
+                let _ = ack.send(());
+                return Next::Stop;
+            }
+            #[cfg(test)]
+            Msg::Exec(sql, ack) => {
+                self.write_batch(batch);
+                self.conn.execute_batch(&sql).expect("test statement");
+                let _ = ack.send(());
+            }
+        }
+        Next::Continue
     }
-    let rows: Vec<NewRow> = batch
-        .drain(..)
-        .map(|rec| NewRow::prepare(rec, redactor))
-        .collect();
-    let count = rows.len() as u64;
-    match insert_rows(pool, &rows).await {
-        Ok(()) => {
-            metrics::counter!(METRIC_RECORDS_WRITTEN).increment(count);
-            if !store.health_state().is_writable() {
+
+    /// Writes and empties `batch`, updating health and metrics either way.
+    fn write_batch(&mut self, batch: &mut Vec<Record>) {
+        if batch.is_empty() {
+            return;
+        }
+        let count = batch.len() as u64;
+        let result = self.insert(batch);
+        batch.clear();
+        let store = &self.store;
+        match result {
+            Ok(()) => {
+                metrics::counter!(METRIC_RECORDS_WRITTEN).increment(count);
+                if !store.health_state().is_writable() {
+                    tracing::info!("the recording database is writable again");
+                }
+                store.health_state().mark_ok();
+            }
+            Err(e) => {
+                // The batch is given up rather than retried: a database that
+                // is full or read-only stays so for longer than the queue can
+                // hold, and holding on to rows would only delay the newest.
+                metrics::counter!(METRIC_RECORDS_FAILED).increment(count);
+                store
+                    .health_state()
+                    .failed
+                    .fetch_add(count, Ordering::Relaxed);
+                store.health_state().mark_failed(e.to_string());
+                if let Some(suppressed) = self.warn.check() {
+                    tracing::warn!(
+                        error = %e,
+                        records = count,
+                        suppressed_warnings = suppressed,
+                        path = %store.path().display(),
+                        "cannot write records to the recording database; dropping them"
+                    );
+                }
+            }
+        }
+        store.refresh_size();
+    }
+
+    /// Inserts `batch` in one transaction. If anything fails the transaction
+    /// is rolled back (SQLite may already have done so itself after a full
+    /// disk or an I/O error; the connection stays usable either way).
+    fn insert(&mut self, batch: &[Record]) -> rusqlite::Result<()> {
+        use std::fmt::Write as _;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(INSERT)?;
+            for rec in batch {
+                self.request_json.clear();
+                self.response_json.clear();
+                self.redactor
+                    .encode_json(&rec.request_headers, &mut self.request_json);
+                self.redactor
+                    .encode_json(&rec.response_headers, &mut self.response_json);
+                self.peer.clear();
+                if let Some(peer) = rec.peer {
+                    let _ = write!(self.peer, "{peer}");
+                }
+                stmt.execute(params![
+                    to_micros(rec.ts),
+                    i64::try_from(rec.duration.as_micros()).unwrap_or(i64::MAX),
+                    rec.kind.as_str(),
+                    rec.route.as_deref(),
+                    rec.upstream.as_deref(),
+                    rec.method.as_deref(),
+                    rec.path.as_deref(),
+                    rec.query.as_deref(),
+                    rec.status,
+                    i64::try_from(rec.bytes_in).unwrap_or(i64::MAX),
+                    i64::try_from(rec.bytes_out).unwrap_or(i64::MAX),
+                    rec.client_identity.as_deref(),
+                    rec.peer.map(|_| self.peer.as_str()),
+                    rec.tls_version.as_deref(),
+                    rec.error.as_deref(),
+                    rec.truncated,
+                    json_text(&self.request_json),
+                    json_text(&self.response_json),
+                    rec.request_body.as_deref(),
+                    rec.response_body.as_deref(),
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// A one-row write that tells whether the database accepts writes again.
+    fn probe(&mut self) {
+        let result = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                tx.execute(
+                    "INSERT INTO writer_probe (id, ts) VALUES (1, ?1) \
+                     ON CONFLICT (id) DO UPDATE SET ts = excluded.ts",
+                    [to_micros(std::time::SystemTime::now())],
+                )?;
+                tx.commit()
+            });
+        let store = &self.store;
+        match result {
+            Ok(()) => {
                 tracing::info!("the recording database is writable again");
+                store.health_state().mark_ok();
             }
-            store.health_state().mark_ok();
+            Err(e) => store.health_state().mark_failed(e.to_string()),
         }
-        Err(e) => {
-            // The batch is given up rather than retried: a database that is
-            // full or read-only stays so for longer than the queue can hold,
-            // and holding on to rows would only delay the newest ones.
-            metrics::counter!(METRIC_RECORDS_FAILED).increment(count);
-            store
-                .health_state()
-                .failed
-                .fetch_add(count, Ordering::Relaxed);
-            store.health_state().mark_failed(e.to_string());
-            if let Some(suppressed) = warn.check() {
-                tracing::warn!(
-                    error = %e,
-                    records = count,
-                    suppressed_warnings = suppressed,
-                    path = %store.path().display(),
-                    "cannot write records to the recording database; dropping them"
-                );
-            }
-        }
+        store.refresh_size();
     }
-    store.refresh_size();
 }
 
-const INSERT_HEAD: &str = "INSERT INTO exchanges (ts, duration_us, kind, route, upstream, method, \
-     path, query, status, bytes_in, bytes_out, client_identity, peer, tls_version, error, \
-     body_encoding, truncated, request_headers, response_headers, request_body, response_body) ";
-
-/// Rows per INSERT statement: 20 parameters each stays far below SQLite's
-/// limit of 32766 bound parameters per statement.
-const ROWS_PER_STATEMENT: usize = 200;
-
-async fn insert_rows(pool: &SqlitePool, rows: &[NewRow]) -> Result<(), sqlx::Error> {
-    let mut tx = WriteTx::begin(pool).await?;
-    let result = insert_all(tx.conn(), rows).await;
-    tx.finish(result).await
-}
-
-/// Inserts with one multi-row statement per chunk. Each statement is one
-/// round trip to SQLite's worker thread, which is what recording costs the
-/// proxy, so fewer statements means less CPU taken from proxying.
-async fn insert_all(conn: &mut SqliteConnection, rows: &[NewRow]) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(INSERT_HEAD);
-        query.push_values(chunk, |mut b, row| {
-            let rec = &row.rec;
-            b.push_bind(to_micros(rec.ts))
-                .push_bind(i64::try_from(rec.duration.as_micros()).unwrap_or(i64::MAX))
-                .push_bind(rec.kind.as_str())
-                .push_bind(rec.route.as_deref())
-                .push_bind(rec.upstream.as_deref())
-                .push_bind(rec.method.as_deref())
-                .push_bind(rec.path.as_deref())
-                .push_bind(rec.query.as_deref())
-                .push_bind(rec.status.map(i64::from))
-                .push_bind(i64::try_from(rec.bytes_in).unwrap_or(i64::MAX))
-                .push_bind(i64::try_from(rec.bytes_out).unwrap_or(i64::MAX))
-                .push_bind(rec.client_identity.as_deref())
-                .push_bind(rec.peer.map(|p| p.to_string()))
-                .push_bind(rec.tls_version.as_deref())
-                .push_bind(rec.error.as_deref())
-                .push("'identity'")
-                .push_bind(rec.truncated)
-                .push_bind(row.request_headers.as_str())
-                .push_bind(row.response_headers.as_str())
-                .push_bind(rec.request_body.as_deref())
-                .push_bind(rec.response_body.as_deref());
-        });
-        query.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// A one-row write that tells whether the database accepts writes again.
-async fn probe(store: &Store, pool: &SqlitePool) {
-    let result = async {
-        let mut tx = WriteTx::begin(pool).await?;
-        let written = sqlx::query(
-            "INSERT INTO writer_probe (id, ts) VALUES (1, ?) \
-             ON CONFLICT (id) DO UPDATE SET ts = excluded.ts",
-        )
-        .bind(to_micros(std::time::SystemTime::now()))
-        .execute(tx.conn())
-        .await
-        .map(drop);
-        tx.finish(written).await
-    }
-    .await;
-    match result {
-        Ok(()) => {
-            tracing::info!("the recording database is writable again");
-            store.health_state().mark_ok();
-        }
-        Err(e) => store.health_state().mark_failed(e.to_string()),
-    }
-    store.refresh_size();
+/// The JSON the redactor wrote, as text. serde_json only writes UTF-8.
+fn json_text(json: &[u8]) -> &str {
+    std::str::from_utf8(json).unwrap_or("[]")
 }
 
 #[cfg(test)]
@@ -487,9 +667,11 @@ mod tests {
     async fn full_queue_drops_and_counts_without_waiting() {
         let (_dir, mut cfg) = temp_config();
         cfg.queue_capacity = 4;
+        // The writer waits for a batch to fill (it cannot: the batch is
+        // larger than the queue) or for the interval, so exactly
+        // `queue_capacity` records fit until the flush below.
+        cfg.flush_interval = Duration::from_secs(3600);
         let (recorder, tasks) = start(&cfg).await;
-        // On the single-threaded test runtime the writer cannot run between
-        // these calls, so exactly `queue_capacity` records fit.
         let started = Instant::now();
         for i in 0..1000 {
             recorder.record(request(&format!("/r/{i}")));
@@ -561,7 +743,7 @@ mod tests {
         recorder.flush().await;
         assert!(recorder.health().writable);
 
-        store.exec_on_writer("PRAGMA query_only = ON").await;
+        recorder.exec_on_writer("PRAGMA query_only = ON").await;
         let started = Instant::now();
         for i in 0..50 {
             recorder.record(request(&format!("/during/{i}")));
@@ -580,7 +762,7 @@ mod tests {
         assert_eq!(recorder.failed(), 51);
 
         // Once writes work again, the idle probe notices without traffic.
-        store.exec_on_writer("PRAGMA query_only = OFF").await;
+        recorder.exec_on_writer("PRAGMA query_only = OFF").await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !recorder.health().writable {
             assert!(Instant::now() < deadline, "the store never recovered");
@@ -606,7 +788,7 @@ mod tests {
             .fetch_one(&store.write_side().unwrap().pool)
             .await
             .unwrap();
-        store
+        recorder
             .exec_on_writer(&format!("PRAGMA max_page_count = {pages}"))
             .await;
 
@@ -639,7 +821,7 @@ mod tests {
         );
         assert_eq!(recorder.failed(), 6);
 
-        store
+        recorder
             .exec_on_writer("PRAGMA max_page_count = 1073741823")
             .await;
         let mut rec = request("/big");
