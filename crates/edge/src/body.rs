@@ -126,7 +126,10 @@ pub struct Tapped<B, K> {
     inner: B,
     tap: Arc<Tap>,
     limit: Option<u64>,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Option<tokio::time::Instant>,
+    /// The deadline's timer, armed the first time the body has to wait:
+    /// most bodies are already buffered and never need one.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     stream_error: ErrorKind,
     _keep: K,
 }
@@ -146,7 +149,8 @@ impl<B, K> Tapped<B, K> {
             inner,
             tap,
             limit,
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            deadline,
+            timer: None,
             stream_error,
             _keep: keep,
         }
@@ -167,8 +171,8 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
+        if let Some(timer) = this.timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Some(Err(this.tap.fail(Error::new(
                     ErrorKind::RequestTimeout,
                     "body still streaming at the request deadline",
@@ -196,7 +200,19 @@ where
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if let (None, Some(deadline)) = (&this.timer, this.deadline) {
+                    let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(this.tap.fail(Error::new(
+                            ErrorKind::RequestTimeout,
+                            "body still streaming at the request deadline",
+                        )))));
+                    }
+                    this.timer = Some(timer);
+                }
+                Poll::Pending
+            }
         }
     }
 

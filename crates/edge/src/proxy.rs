@@ -4,12 +4,15 @@
 //! [`ProxyHttp::upstream_peer`] has a documented default, so a minimal proxy
 //! only says where requests go.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, Version};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version,
+};
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 
@@ -29,6 +32,29 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Present for TLS connections.
     pub tls: Option<TlsInfo>,
+    /// The peer's IP as a header value, made on first use.
+    peer_ip: OnceLock<HeaderValue>,
+}
+
+impl ConnInfo {
+    /// Describes a connection.
+    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr, tls: Option<TlsInfo>) -> Self {
+        ConnInfo {
+            id,
+            peer,
+            local,
+            tls,
+            peer_ip: OnceLock::new(),
+        }
+    }
+
+    /// The client's IP address as a header value (for `x-forwarded-for`).
+    pub fn peer_ip_header(&self) -> &HeaderValue {
+        self.peer_ip.get_or_init(|| {
+            HeaderValue::from_str(&self.peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        })
+    }
 }
 
 /// The negotiated TLS parameters of a connection.
@@ -64,41 +90,64 @@ pub struct Session {
     pub capture_request_body: usize,
     /// Keep up to this many bytes of the response body for [`Exchange`].
     pub capture_response_body: usize,
+    /// Whether the request asked for a protocol upgrade, decided on arrival.
+    upgrade: bool,
 }
 
 impl Session {
     /// The host the client addressed: the URI authority (HTTP/2) or the Host
     /// header (HTTP/1.1), without the port, lowercased.
-    pub fn host(&self) -> Option<String> {
-        let raw = self.uri.host().map(str::to_owned).or_else(|| {
-            self.headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })?;
-        let host = match raw.rsplit_once(':') {
-            Some((h, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => raw.as_str(),
-        };
-        Some(
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase(),
-        )
+    pub fn host(&self) -> Option<Cow<'_, str>> {
+        host_of(&self.uri, &self.headers)
     }
 
-    /// Whether this is an HTTP/1.1 protocol upgrade (WebSocket and friends).
-    pub fn is_upgrade(&self) -> bool {
-        self.version == Version::HTTP_11
-            && self.headers.contains_key(header::UPGRADE)
-            && self
+    /// A session for a request that just arrived.
+    pub fn new(conn: Arc<ConnInfo>, parts: http::request::Parts) -> Self {
+        let upgrade = parts.version == Version::HTTP_11
+            && parts.headers.contains_key(header::UPGRADE)
+            && parts
                 .headers
                 .get_all(header::CONNECTION)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        Session {
+            conn,
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            capture_request_body: 0,
+            capture_response_body: 0,
+            upgrade,
+        }
     }
+
+    /// Whether this is an HTTP/1.1 protocol upgrade (WebSocket and friends),
+    /// as the request arrived.
+    pub fn is_upgrade(&self) -> bool {
+        self.upgrade
+    }
+}
+
+/// The host a request addressed, from its URI or its Host header, without
+/// the port and lowercased (borrowed when it already is).
+fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<Cow<'a, str>> {
+    let raw = match uri.host() {
+        Some(h) => h,
+        None => headers.get(header::HOST)?.to_str().ok()?,
+    };
+    let host = match raw.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => raw,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// Everything the engine observed about one finished exchange.
@@ -114,12 +163,12 @@ pub struct Exchange {
     pub method: Method,
     /// Request target as received.
     pub uri: Uri,
-    /// Host the client addressed.
-    pub host: Option<String>,
     /// Request headers as received from the client, after any changes
     /// [`ProxyHttp::request_filter`] made (not the copy sent upstream).
+    /// Empty when [`ProxyHttp::exchange_headers`] said no.
     pub request_headers: HeaderMap,
-    /// Response headers as sent to the client.
+    /// Response headers as sent to the client; `None` when
+    /// [`ProxyHttp::exchange_headers`] said no.
     pub response_headers: Option<HeaderMap>,
     /// Status sent to the client.
     pub status: Option<StatusCode>,
@@ -137,8 +186,19 @@ pub struct Exchange {
     pub response_body: Option<Captured>,
 }
 
+impl Exchange {
+    /// The host the client addressed, as [`Session::host`] gives it; `None`
+    /// also when the headers were not kept.
+    pub fn host(&self) -> Option<Cow<'_, str>> {
+        host_of(&self.uri, &self.request_headers)
+    }
+}
+
 /// Where a request goes: a group of upstream targets.
 pub type Peer = Arc<UpstreamGroup>;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Hop-by-hop headers that never cross a proxy.
 const HOP_BY_HOP: &[&str] = &[
@@ -183,20 +243,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// are removed and `x-forwarded-for` / `x-forwarded-proto` set.
 pub fn forward_headers(session: &Session, headers: &mut HeaderMap) {
     strip_hop_by_hop(headers, session.is_upgrade());
-    let ip = session.conn.peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let ip = session.conn.peer_ip_header();
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", session.conn.peer.ip())).ok(),
+        None => Some(ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(v) = value {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     let proto = if session.conn.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
 
 /// The phases. Each default is what a plain reverse proxy does.
@@ -207,6 +267,14 @@ pub trait ProxyHttp: Send + Sync + 'static {
 
     /// Creates the per-request state.
     fn new_ctx(&self, session: &Session) -> Self::Ctx;
+
+    /// Whether [`Self::logging`] needs the request and response headers in
+    /// its [`Exchange`]. Keeping them costs a copy of each header map per
+    /// request, so a proxy that does not look at them says no. Default: yes.
+    fn exchange_headers(&self, ctx: &Self::Ctx) -> bool {
+        let _ = ctx;
+        true
+    }
 
     /// Picks the TLS configuration for a connection from the server name the
     /// client sent. Called before every handshake, so a reload takes effect
@@ -235,7 +303,10 @@ pub trait ProxyHttp: Send + Sync + 'static {
     /// Chooses the upstream group. The only phase without a default.
     fn upstream_peer(&self, session: &Session, ctx: &mut Self::Ctx) -> Result<Peer, Error>;
 
-    /// Adjusts the headers sent upstream. Default: [`forward_headers`].
+    /// Adjusts the headers sent upstream. `headers` starts as the request's
+    /// headers; `session.headers` still holds them only when
+    /// [`Self::exchange_headers`] said yes (otherwise they were moved here
+    /// rather than copied). Default: [`forward_headers`].
     fn upstream_request_filter(
         &self,
         session: &Session,

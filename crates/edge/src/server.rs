@@ -205,22 +205,12 @@ impl<P: ProxyHttp> Server<P> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         match transport {
             Transport::Plain => {
-                let conn = Arc::new(ConnInfo {
-                    id,
-                    peer,
-                    local,
-                    tls: None,
-                });
+                let conn = Arc::new(ConnInfo::new(id, peer, local, None));
                 self.serve_http(stream, conn).await;
             }
             Transport::Tls => {
                 if let Some((tls, info)) = self.handshake(stream, peer).await {
-                    let conn = Arc::new(ConnInfo {
-                        id,
-                        peer,
-                        local,
-                        tls: Some(info),
-                    });
+                    let conn = Arc::new(ConnInfo::new(id, peer, local, Some(info)));
                     self.serve_http(tls, conn).await;
                 }
             }
@@ -310,12 +300,11 @@ impl<P: ProxyHttp> Server<P> {
         tokio::pin!(connection);
         let mut stop = self.shutting_down.subscribe();
         let idle = self.settings.idle_timeout;
+        let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut watch = IdleWatch::new();
         let mut closing = false;
         loop {
-            let check = tokio::time::sleep(
-                idle.min(Duration::from_secs(1))
-                    .max(Duration::from_millis(50)),
-            );
+            let check = tokio::time::sleep(every);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(e) = result {
@@ -328,7 +317,7 @@ impl<P: ProxyHttp> Server<P> {
                     closing = true;
                 }
                 _ = check, if !closing => {
-                    if activity.idle_for() >= idle && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    if watch.idle_for(&activity) >= idle {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }
@@ -351,16 +340,9 @@ impl<P: ProxyHttp> Server<P> {
                 None
             };
         let (parts, body) = req.into_parts();
-        let mut session = Session {
-            conn,
-            method: parts.method,
-            uri: parts.uri,
-            version: parts.version,
-            headers: parts.headers,
-            capture_request_body: 0,
-            capture_response_body: 0,
-        };
+        let mut session = Session::new(conn, parts);
         let mut ctx = self.proxy.new_ctx(&session);
+        let keep_headers = self.proxy.exchange_headers(&ctx);
         let finish = Arc::new(Finish {
             proxy: self.proxy.clone(),
             t0: Instant::now(),
@@ -371,7 +353,15 @@ impl<P: ProxyHttp> Server<P> {
         });
         let mut route = Routed::default();
         let outcome = self
-            .forward(&mut session, &mut ctx, body, upgrade, &finish, &mut route)
+            .forward(
+                &mut session,
+                &mut ctx,
+                body,
+                upgrade,
+                &finish,
+                &mut route,
+                keep_headers,
+            )
             .await;
         let (response, error) = match outcome {
             Ok(resp) => (resp, None),
@@ -383,16 +373,14 @@ impl<P: ProxyHttp> Server<P> {
                 (resp, Some(err))
             }
         };
-        let host = session.host();
         let exchange = Exchange {
             conn: session.conn.clone(),
             started: SystemTime::now() - finish.t0.elapsed(),
             duration: Duration::ZERO,
             method: session.method,
             uri: session.uri,
-            host,
             request_headers: session.headers,
-            response_headers: Some(response.headers().clone()),
+            response_headers: keep_headers.then(|| response.headers().clone()),
             status: Some(response.status()),
             upstream: route.upstream,
             bytes_in: 0,
@@ -416,6 +404,9 @@ impl<P: ProxyHttp> Server<P> {
         Response::from_parts(parts, body.boxed())
     }
 
+    // The arguments are the pieces of one request that `handle` keeps
+    // using afterwards; bundling them would only move the borrows around.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         session: &mut Session,
@@ -424,6 +415,7 @@ impl<P: ProxyHttp> Server<P> {
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         finish: &Arc<Finish<P>>,
         route: &mut Routed,
+        keep_headers: bool,
     ) -> Result<Response<Body>, Error> {
         let head = head_size(session);
         if head > self.settings.max_header_bytes {
@@ -454,7 +446,13 @@ impl<P: ProxyHttp> Server<P> {
             return Ok(resp);
         }
         let group = self.proxy.upstream_peer(session, ctx)?;
-        let mut headers = session.headers.clone();
+        // The exchange keeps the headers as they arrived only if the proxy
+        // asked for them; otherwise they move to the upstream request.
+        let mut headers = if keep_headers {
+            session.headers.clone()
+        } else {
+            std::mem::take(&mut session.headers)
+        };
         self.proxy
             .upstream_request_filter(session, &mut headers, ctx)?;
         if !headers.contains_key(header::HOST) {
@@ -488,7 +486,9 @@ impl<P: ProxyHttp> Server<P> {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        // Targets that failed this request; allocated only on a retry.
         let mut tried = Vec::new();
+        let mut attempts = 0;
         let (index, mut response) = loop {
             let Some(index) = group.pick(&tried) else {
                 return Err(Error::new(
@@ -496,7 +496,7 @@ impl<P: ProxyHttp> Server<P> {
                     "no upstream left to try",
                 ));
             };
-            tried.push(index);
+            attempts += 1;
             let target = &group.targets()[index];
             let mut parts = http::uri::Parts::default();
             parts.scheme = target.base.scheme().cloned();
@@ -511,7 +511,7 @@ impl<P: ProxyHttp> Server<P> {
                 .version(Version::HTTP_11);
             // Only a body-less request is ever retried; the last attempt
             // takes the headers instead of copying them.
-            let last = !empty_body || tried.len() == group.targets().len();
+            let last = !empty_body || attempts == group.targets().len();
             if let Some(h) = builder.headers_mut() {
                 *h = if last {
                     std::mem::take(&mut headers)
@@ -549,10 +549,11 @@ impl<P: ProxyHttp> Server<P> {
             ) {
                 group.mark_failed(index);
             }
-            let more = tried.len() < group.targets().len();
+            let more = attempts < group.targets().len();
             if !(err.kind.retry_safe() && empty_body && more) {
                 return Err(err);
             }
+            tried.push(index);
             tracing::debug!("retrying on another upstream after: {err}");
         };
         group.mark_ok(index);
@@ -598,7 +599,11 @@ struct Routed {
 
 /// Size of the request head as it would appear on the wire.
 fn head_size(session: &Session) -> usize {
-    let line = session.method.as_str().len() + session.uri.to_string().len() + 12;
+    let uri = &session.uri;
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = session.method.as_str().len() + target + 12;
     session
         .headers
         .iter()
@@ -721,36 +726,49 @@ impl<P: ProxyHttp> Drop for Finish<P> {
 }
 
 /// Traffic and in-flight requests on one connection, for the idle timeout.
-#[derive(Debug)]
+/// The IO path only bumps a counter; the connection's idle check, which runs
+/// a few times per timeout, notices whether it moved. That keeps clock reads
+/// off every read and write.
+#[derive(Debug, Default)]
 struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
+    ops: AtomicU64,
     in_flight: AtomicUsize,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            started: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
 }
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let now = self.started.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        self.ops.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// An IO wrapper that notes the time of every successful read and write.
+/// The idle check's view of an [`Activity`]: when it last saw it change.
+struct IdleWatch {
+    seen_ops: u64,
+    since: Instant,
+}
+
+impl IdleWatch {
+    fn new() -> Self {
+        IdleWatch {
+            seen_ops: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// How long the connection has had no traffic and no request in flight,
+    /// as far as this check can tell (to within one check interval).
+    fn idle_for(&mut self, activity: &Activity) -> Duration {
+        let ops = activity.ops.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if ops != self.seen_ops || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            self.seen_ops = ops;
+            self.since = now;
+        }
+        now.duration_since(self.since)
+    }
+}
+
+/// An IO wrapper that counts every successful read and write.
 struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,

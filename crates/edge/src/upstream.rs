@@ -70,7 +70,9 @@ pub struct Upstream {
 impl Upstream {
     /// Whether the target is currently being skipped after a failure.
     pub fn is_down(&self) -> bool {
-        self.down_until_ms.load(Ordering::Relaxed) > now_ms()
+        // Healthy targets (0) skip the clock.
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
     }
 }
 

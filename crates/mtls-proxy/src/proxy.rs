@@ -106,6 +106,11 @@ impl ProxyHttp for MtlsProxy {
         }
     }
 
+    fn exchange_headers(&self, _ctx: &Ctx) -> bool {
+        // Only the record stores headers.
+        self.recorder.is_enabled()
+    }
+
     fn tls_config(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
         self.runtime.load().tls_for(sni)
     }
