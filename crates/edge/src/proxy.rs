@@ -201,16 +201,16 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Hop-by-hop headers that never cross a proxy.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header
@@ -228,8 +228,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(name.as_str());
     }
     let upgrade = headers.get(header::UPGRADE).cloned();
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
     if keep_upgrade {
         if let Some(u) = upgrade {
@@ -257,6 +257,18 @@ pub fn forward_headers(session: &Session, headers: &mut HeaderMap) {
         "http"
     };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// The response [`ProxyHttp::fail_to_proxy`] gives by default: the error's
+/// status with its reason as a short plain-text body.
+pub fn error_response(err: &Error) -> Response<Body> {
+    let mut resp = Response::new(body::full(format!("{}\n", err.kind.reason())));
+    *resp.status_mut() = err.kind.status();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 /// The phases. Each default is what a plain reverse proxy does.
@@ -336,14 +348,7 @@ pub trait ProxyHttp: Send + Sync + 'static {
     /// stay in the logs.
     fn fail_to_proxy(&self, session: &Session, err: &Error, ctx: &mut Self::Ctx) -> Response<Body> {
         let _ = (session, ctx);
-        let status = err.kind.status();
-        let mut resp = Response::new(body::full(format!("{}\n", err.kind.reason())));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        resp
+        error_response(err)
     }
 
     /// Called once per request when the exchange is over: the response body

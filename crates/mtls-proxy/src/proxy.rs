@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use edge::proxy::forward_headers;
+use edge::proxy::{error_response, forward_headers, strip_hop_by_hop};
 use edge::{ClientIdentity, Error, ErrorKind, Exchange, Peer, ProxyHttp, Session};
-use http::HeaderMap;
+use http::{HeaderMap, Response, StatusCode};
 use rustls::ServerConfig;
 
 use crate::config::ClientCertMode;
 use crate::runtime::{Route, Runtime};
-use crate::store::{Kind, Record, Recorder};
+use crate::store::{Kind, Record, Recorder, StoredHeaders};
 
 /// The proxy: the current runtime (swapped on reload) and the recorder.
 pub struct MtlsProxy {
@@ -29,6 +29,10 @@ pub struct Ctx {
     route: Option<Arc<Route>>,
     /// The identity that passed the route's policy and goes upstream.
     forwarded: Option<Arc<ClientIdentity>>,
+    /// Headers for the record, encoded while the phases still hold them;
+    /// `None` when recording is off.
+    request_headers: Option<StoredHeaders>,
+    response_headers: Option<StoredHeaders>,
 }
 
 impl MtlsProxy {
@@ -103,12 +107,15 @@ impl ProxyHttp for MtlsProxy {
             runtime: self.runtime.load_full(),
             route: None,
             forwarded: None,
+            request_headers: None,
+            response_headers: None,
         }
     }
 
     fn exchange_headers(&self, _ctx: &Ctx) -> bool {
-        // Only the record stores headers.
-        self.recorder.is_enabled()
+        // The record's headers are encoded in the phases instead, which costs
+        // one small buffer rather than two copied maps.
+        false
     }
 
     fn tls_config(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
@@ -128,7 +135,10 @@ impl ProxyHttp for MtlsProxy {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-    ) -> Result<Option<http::Response<edge::Body>>, Error> {
+    ) -> Result<Option<Response<edge::Body>>, Error> {
+        if self.recorder.is_enabled() {
+            ctx.request_headers = Some(self.recorder.encode_headers(&session.headers));
+        }
         let host = session.host();
         let route = ctx
             .runtime
@@ -177,6 +187,32 @@ impl ProxyHttp for MtlsProxy {
         Ok(())
     }
 
+    fn response_filter(
+        &self,
+        _session: &Session,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        ctx: &mut Ctx,
+    ) {
+        strip_hop_by_hop(headers, status == StatusCode::SWITCHING_PROTOCOLS);
+        if self.recorder.is_enabled() {
+            ctx.response_headers = Some(self.recorder.encode_headers(headers));
+        }
+    }
+
+    fn fail_to_proxy(
+        &self,
+        _session: &Session,
+        err: &Error,
+        ctx: &mut Ctx,
+    ) -> Response<edge::Body> {
+        let resp = error_response(err);
+        if self.recorder.is_enabled() {
+            ctx.response_headers = Some(self.recorder.encode_headers(resp.headers()));
+        }
+        resp
+    }
+
     fn logging(&self, ex: Exchange, ctx: Ctx) {
         let status = ex.status.map(|s| s.as_u16()).unwrap_or(0);
         let seconds = ex.duration.as_secs_f64();
@@ -220,8 +256,8 @@ impl ProxyHttp for MtlsProxy {
             peer: Some(ex.conn.peer),
             tls_version: tls.map(|t| t.version.to_owned()),
             error: ex.error.map(|e| e.kind.reason().to_owned()),
-            request_headers: ex.request_headers,
-            response_headers: ex.response_headers.unwrap_or_default(),
+            request_headers: ctx.request_headers.unwrap_or_default(),
+            response_headers: ctx.response_headers.unwrap_or_default(),
             request_body: ex.request_body.map(|c| c.data),
             response_body: ex.response_body.map(|c| c.data),
             truncated,

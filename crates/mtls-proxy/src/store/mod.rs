@@ -46,7 +46,7 @@ use sqlx::sqlite::SqlitePool;
 pub use config::StoreConfig;
 pub use format::OutputFormat;
 pub use query::{Filter, FilterError, FilterParams, StatusFilter, DEFAULT_LIMIT, MAX_LIMIT};
-pub use record::{Kind, Record, RecordRow};
+pub use record::{Kind, Record, RecordRow, StoredHeaders};
 pub use redact::{Redactor, REDACTED};
 pub use retention::MaintenanceReport;
 pub use writer::{Recorder, StoreTasks};

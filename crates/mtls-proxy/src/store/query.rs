@@ -695,8 +695,9 @@ mod tests {
         rec.peer = Some("[::1]:4433".parse().unwrap());
         rec.tls_version = Some("TLSv1.3".into());
         rec.error = None;
-        rec.request_headers = header_map(&[("content-type", "application/json")]);
-        rec.response_headers = header_map(&[("x-id", "7")]);
+        rec.request_headers =
+            recorder.encode_headers(&header_map(&[("content-type", "application/json")]));
+        rec.response_headers = recorder.encode_headers(&header_map(&[("x-id", "7")]));
         rec.request_body = Some(Bytes::from_static(b"{\"a\":1}"));
         rec.response_body = Some(Bytes::from_static(&[0, 159, 146, 150]));
         rec.truncated = true;
@@ -737,13 +738,14 @@ mod tests {
         cfg.redact_headers = vec!["X-Api-Key".to_owned()];
         let (recorder, tasks) = start(&cfg).await;
         let mut rec = request("/login");
-        rec.request_headers = header_map(&[
+        rec.request_headers = recorder.encode_headers(&header_map(&[
             ("Authorization", "Bearer s3cr3t-token"),
             ("Cookie", "session=s3cr3t-cookie"),
             ("x-api-key", "s3cr3t-key"),
             ("accept", "text/html"),
-        ]);
-        rec.response_headers = header_map(&[("set-cookie", "session=s3cr3t-new")]);
+        ]));
+        rec.response_headers =
+            recorder.encode_headers(&header_map(&[("set-cookie", "session=s3cr3t-new")]));
         recorder.record(rec);
         recorder.flush().await;
         let store = recorder.store().unwrap().clone();

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::HeaderMap;
 
+use super::Redactor;
+
 use super::from_micros;
 
 /// What a row describes.
@@ -113,11 +115,10 @@ pub struct Record {
     /// Why the exchange failed, as a stable reason such as
     /// `upstream_connect_refused`, `identity_not_allowed` or `tls:unknown_issuer`.
     pub error: Option<String>,
-    /// Request headers as received. The map is handed over rather than
-    /// copied; values that are not UTF-8 are stored lossily.
-    pub request_headers: HeaderMap,
-    /// Response headers as sent.
-    pub response_headers: HeaderMap,
+    /// Request headers as received, encoded and redacted.
+    pub request_headers: StoredHeaders,
+    /// Response headers as sent, encoded and redacted.
+    pub response_headers: StoredHeaders,
     /// Captured request body, already truncated to the capture limit.
     pub request_body: Option<Bytes>,
     /// Captured response body, already truncated to the capture limit.
@@ -145,12 +146,43 @@ impl Record {
             peer: None,
             tls_version: None,
             error: None,
-            request_headers: HeaderMap::new(),
-            response_headers: HeaderMap::new(),
+            request_headers: StoredHeaders::default(),
+            response_headers: StoredHeaders::default(),
             request_body: None,
             response_body: None,
             truncated: false,
         }
+    }
+}
+
+/// Headers the way a row stores them: a JSON array of `[name, value]` pairs
+/// in order, sensitive values already replaced by `[redacted]`.
+///
+/// The proxy encodes headers while it still holds them (see
+/// [`super::Recorder::encode_headers`]), so a record never keeps the
+/// connection's buffers alive and secrets never travel to the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHeaders(String);
+
+impl StoredHeaders {
+    /// Encodes `headers`, redacting what `redactor` says is sensitive.
+    pub fn encode(headers: &HeaderMap, redactor: &Redactor) -> Self {
+        let mut json = Vec::with_capacity(64 + headers.len() * 48);
+        redactor.encode_json(headers, &mut json);
+        // The encoder writes only UTF-8.
+        StoredHeaders(String::from_utf8(json).unwrap_or_else(|_| "[]".to_owned()))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for StoredHeaders {
+    /// No headers.
+    fn default() -> Self {
+        StoredHeaders("[]".to_owned())
     }
 }
 

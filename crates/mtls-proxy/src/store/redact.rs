@@ -65,7 +65,10 @@ impl Redactor {
             if self.is_sensitive(name.as_str()) {
                 push_json_string(out, REDACTED);
             } else {
-                push_json_string(out, &String::from_utf8_lossy(value.as_bytes()));
+                match value.to_str() {
+                    Ok(text) => push_json_string(out, text),
+                    Err(_) => push_json_string(out, &String::from_utf8_lossy(value.as_bytes())),
+                }
             }
             out.push(b']');
         }

@@ -4,8 +4,9 @@
 //! The proxy calls [`Recorder::record`] on its hot path, so that call only
 //! bumps a counter and does a `try_send` on a bounded channel; it wakes the
 //! writer only when the queue goes from empty to busy or a batch fills up.
-//! Everything that can be slow (redaction, JSON encoding, SQLite) happens on
-//! the writer thread. When the writer falls behind, the channel fills and
+//! Headers arrive already encoded and redacted ([`Recorder::encode_headers`]:
+//! one small buffer per map, so a record holds nothing of the connection's).
+//! Everything that can be slow (SQLite) happens on the writer thread. When the writer falls behind, the channel fills and
 //! records are dropped and counted: losing log rows is better than slowing
 //! traffic.
 //!
@@ -26,7 +27,8 @@ use tokio::sync::oneshot;
 
 use super::{
     retention, to_micros, Filter, Record, RecordRow, Redactor, Store, StoreError, StoreHealth,
-    WarnLimiter, METRIC_RECORDS_DROPPED, METRIC_RECORDS_FAILED, METRIC_RECORDS_WRITTEN,
+    StoredHeaders, WarnLimiter, METRIC_RECORDS_DROPPED, METRIC_RECORDS_FAILED,
+    METRIC_RECORDS_WRITTEN,
 };
 
 /// While the database is failing and no records arrive, the writer tries a
@@ -68,6 +70,7 @@ pub struct Recorder {
 struct RecorderInner {
     /// `None` for a disabled recorder.
     queue: Option<Queue>,
+    redactor: Redactor,
     store: Option<Store>,
     dropped: AtomicU64,
 }
@@ -202,12 +205,9 @@ impl Recorder {
             conn,
             rx,
             signal: signal.clone(),
-            redactor: side.redactor.clone(),
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
             warn: WarnLimiter::new(WARN_EVERY),
-            request_json: Vec::new(),
-            response_json: Vec::new(),
             peer: String::new(),
         };
         let handle = thread::Builder::new()
@@ -228,6 +228,7 @@ impl Recorder {
         let recorder = Recorder {
             inner: Arc::new(RecorderInner {
                 queue: Some(queue.clone()),
+                redactor: side.redactor.clone(),
                 store: Some(store.clone()),
                 dropped: AtomicU64::new(0),
             }),
@@ -248,6 +249,7 @@ impl Recorder {
         Recorder {
             inner: Arc::new(RecorderInner {
                 queue: None,
+                redactor: Redactor::default(),
                 store: None,
                 dropped: AtomicU64::new(0),
             }),
@@ -257,6 +259,12 @@ impl Recorder {
     /// Whether records go anywhere; callers skip building them when not.
     pub fn is_enabled(&self) -> bool {
         self.inner.queue.is_some()
+    }
+
+    /// Encodes headers for a [`Record`], redacting the store's sensitive
+    /// names.
+    pub fn encode_headers(&self, headers: &http::HeaderMap) -> StoredHeaders {
+        StoredHeaders::encode(headers, &self.inner.redactor)
     }
 
     /// Queues `rec` for writing. Never waits: if the queue is full, the
@@ -381,13 +389,10 @@ struct Writer {
     conn: Connection,
     rx: Receiver<Msg>,
     signal: Arc<Signal>,
-    redactor: Redactor,
     batch_size: usize,
     flush_interval: Duration,
     warn: WarnLimiter,
-    /// Buffers reused for every row.
-    request_json: Vec<u8>,
-    response_json: Vec<u8>,
+    /// Reused for every row.
     peer: String,
 }
 
@@ -551,12 +556,6 @@ impl Writer {
         {
             let mut stmt = tx.prepare_cached(INSERT)?;
             for rec in batch {
-                self.request_json.clear();
-                self.response_json.clear();
-                self.redactor
-                    .encode_json(&rec.request_headers, &mut self.request_json);
-                self.redactor
-                    .encode_json(&rec.response_headers, &mut self.response_json);
                 self.peer.clear();
                 if let Some(peer) = rec.peer {
                     let _ = write!(self.peer, "{peer}");
@@ -578,8 +577,8 @@ impl Writer {
                     rec.tls_version.as_deref(),
                     rec.error.as_deref(),
                     rec.truncated,
-                    json_text(&self.request_json),
-                    json_text(&self.response_json),
+                    rec.request_headers.as_str(),
+                    rec.response_headers.as_str(),
                     rec.request_body.as_deref(),
                     rec.response_body.as_deref(),
                 ])?;
@@ -611,11 +610,6 @@ impl Writer {
         }
         store.refresh_size();
     }
-}
-
-/// The JSON the redactor wrote, as text. serde_json only writes UTF-8.
-fn json_text(json: &[u8]) -> &str {
-    std::str::from_utf8(json).unwrap_or("[]")
 }
 
 #[cfg(test)]
