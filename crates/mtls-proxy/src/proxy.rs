@@ -127,7 +127,7 @@ impl ProxyHttp for MtlsProxy {
         let mut rec = Record::new(Kind::Handshake);
         rec.peer = Some(peer);
         rec.error = Some(format!("tls:{reason}"));
-        rec.path = sni.map(str::to_owned);
+        rec.sni = sni.map(str::to_owned);
         self.recorder.record(rec);
     }
 
@@ -255,6 +255,7 @@ impl ProxyHttp for MtlsProxy {
                 .map(|i| i.primary().to_owned()),
             peer: Some(ex.conn.peer),
             tls_version: tls.map(|t| t.version.to_owned()),
+            sni: tls.and_then(|t| t.sni.clone()),
             error: ex.error.map(|e| e.kind.reason().to_owned()),
             request_headers: ctx.request_headers.unwrap_or_default(),
             response_headers: ctx.response_headers.unwrap_or_default(),

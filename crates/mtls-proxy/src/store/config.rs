@@ -47,6 +47,13 @@ pub struct StoreConfig {
     /// `cookie` and `set-cookie`. Case does not matter.
     #[serde(default)]
     pub redact_headers: Vec<String>,
+    /// Query parameter names whose values are replaced by `[redacted]`, in
+    /// addition to the built-in `access_token`, `id_token`, `refresh_token`,
+    /// `token`, `api_key`, `apikey`, `password`, `secret`, `client_secret`,
+    /// `sig`, `signature` and the `x-amz-*` signing parameters. Case does not
+    /// matter.
+    #[serde(default)]
+    pub redact_query_params: Vec<String>,
 }
 
 mod defaults {
@@ -92,6 +99,7 @@ impl StoreConfig {
             compress_after: defaults::compress_after(),
             maintenance_interval: defaults::maintenance_interval(),
             redact_headers: Vec::new(),
+            redact_query_params: Vec::new(),
         }
     }
 
@@ -204,6 +212,7 @@ mod tests {
         assert_eq!(cfg.compress_after, Duration::from_secs(3600));
         assert_eq!(cfg.maintenance_interval, Duration::from_secs(60));
         assert!(cfg.redact_headers.is_empty());
+        assert!(cfg.redact_query_params.is_empty());
         cfg.validate().unwrap();
     }
 
@@ -218,6 +227,7 @@ mod tests {
             maintenance_interval = "5s"
             max_bytes = "512MiB"
             redact_headers = ["X-Api-Key"]
+            redact_query_params = ["session"]
             "#,
         )
         .unwrap();
@@ -227,6 +237,7 @@ mod tests {
         assert_eq!(cfg.maintenance_interval, Duration::from_secs(5));
         assert_eq!(cfg.max_bytes, 512 << 20);
         assert_eq!(cfg.redact_headers, vec!["X-Api-Key".to_owned()]);
+        assert_eq!(cfg.redact_query_params, vec!["session".to_owned()]);
 
         let cfg: StoreConfig = toml::from_str("path = \"r.db\"\nmax_bytes = 4096").unwrap();
         assert_eq!(cfg.max_bytes, 4096);

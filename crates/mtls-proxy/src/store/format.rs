@@ -9,7 +9,7 @@
 //!  "duration_us":1234,"kind":"request","route":"api","upstream":"10.0.0.2:80",
 //!  "method":"GET","path":"/v1","query":null,"status":200,"bytes_in":0,
 //!  "bytes_out":12,"client_identity":"spiffe://corp/web","peer":"10.0.0.9:5555",
-//!  "tls_version":"TLSv1.3","error":null,
+//!  "tls_version":"TLSv1.3","sni":"api.example.com","error":null,
 //!  "request_headers":[["accept","*/*"]],"response_headers":[],
 //!  "truncated":false,"response_body":"hello world"}
 //! ```
@@ -82,7 +82,8 @@ const MAX_WIDTH: [usize; 9] = [24, 6, 7, 24, 40, 60, 10, 21, usize::MAX];
 
 /// Writes an aligned table with a header line: time (RFC3339, millis),
 /// status, method, route, identity, path, duration in ms, bytes in/out and
-/// error. Missing values print as `-`.
+/// error. Missing values print as `-`; a failed handshake shows `TLS` as its
+/// method and the server name it asked for as its path.
 pub fn write_table<W: io::Write>(mut out: W, rows: &[RecordRow]) -> io::Result<()> {
     let cells: Vec<[String; 9]> = rows.iter().map(table_cells).collect();
     let mut widths = HEADERS.map(|h| h.chars().count());
@@ -141,10 +142,11 @@ fn fit(cell: &str, width: usize) -> String {
 
 fn table_cells(row: &RecordRow) -> [String; 9] {
     let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-    let method = match row.kind {
-        Kind::Request => text(&row.method),
-        // A failed handshake has no method; say what it was instead.
-        Kind::Handshake => "TLS".to_owned(),
+    // A failed handshake has no method or path; say what it was and which
+    // server name the client asked for instead.
+    let (method, path) = match row.kind {
+        Kind::Request => (text(&row.method), text(&row.path)),
+        Kind::Handshake => ("TLS".to_owned(), text(&row.sni)),
     };
     [
         humantime::format_rfc3339_millis(row.time()).to_string(),
@@ -152,7 +154,7 @@ fn table_cells(row: &RecordRow) -> [String; 9] {
         method,
         text(&row.route),
         text(&row.client_identity),
-        text(&row.path),
+        path,
         format!("{:.1}", row.duration_us as f64 / 1000.0),
         format!("{}/{}", row.bytes_in, row.bytes_out),
         text(&row.error),
@@ -179,6 +181,7 @@ struct WireRow<'a> {
     client_identity: Option<&'a str>,
     peer: Option<&'a str>,
     tls_version: Option<&'a str>,
+    sni: Option<&'a str>,
     error: Option<&'a str>,
     request_headers: &'a [(String, String)],
     response_headers: &'a [(String, String)],
@@ -234,6 +237,7 @@ impl Serialize for RecordRow {
             client_identity: self.client_identity.as_deref(),
             peer: self.peer.as_deref(),
             tls_version: self.tls_version.as_deref(),
+            sni: self.sni.as_deref(),
             error: self.error.as_deref(),
             request_headers: &self.request_headers,
             response_headers: &self.response_headers,
@@ -270,6 +274,7 @@ mod tests {
             client_identity: Some("spiffe://corp/web".into()),
             peer: Some("10.0.0.9:5555".into()),
             tls_version: Some("TLSv1.3".into()),
+            sni: Some("api.example.com".into()),
             error: None,
             request_headers: vec![("accept".into(), "*/*".into())],
             response_headers: vec![],
@@ -296,6 +301,7 @@ mod tests {
             client_identity: None,
             peer: Some("10.0.0.10:6000".into()),
             tls_version: None,
+            sni: Some("api.example.com".into()),
             error: Some("tls:unknown_issuer".into()),
             request_headers: vec![],
             response_headers: vec![],
@@ -327,6 +333,7 @@ mod tests {
         assert!(first.get("request_body").is_none());
         assert!(first.get("response_body_hex").is_none());
         assert_eq!(first["query"], serde_json::Value::Null);
+        assert_eq!(first["sni"], "api.example.com");
 
         let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(second["kind"], "handshake");
@@ -343,6 +350,7 @@ mod tests {
         write_table(&mut out, &[row(), handshake(), long]).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
+        let col = |line: &str, needle: &str| line.find(needle).map(|b| line[..b].chars().count());
         assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("TIME"), "{text}");
         assert!(lines[1].starts_with("2024-05-01T12:00:00.123Z"), "{text}");
@@ -351,9 +359,9 @@ mod tests {
         assert!(lines[1].contains("0/12"));
         assert!(lines[2].contains("TLS"));
         assert!(lines[2].ends_with("tls:unknown_issuer"), "{text}");
+        assert_eq!(col(lines[0], "PATH"), col(lines[2], "api.example.com"));
         // Long paths are cut, and every column starts at the same offset.
         assert!(lines[3].contains('…'));
-        let col = |line: &str, needle: &str| line.find(needle).map(|b| line[..b].chars().count());
         assert_eq!(col(lines[0], "ROUTE"), col(lines[1], "api"));
         assert_eq!(col(lines[0], "PATH"), col(lines[1], "/v1/items"));
         assert_eq!(col(lines[0], "PATH"), col(lines[3], "/xxx"));

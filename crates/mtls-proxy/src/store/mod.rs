@@ -19,7 +19,9 @@
 //!   database is failing, records are dropped and counted instead.
 //! - It never stores a secret header: `authorization`, `proxy-authorization`,
 //!   `cookie`, `set-cookie` and any configured names are replaced by
-//!   `[redacted]` before a row is written.
+//!   `[redacted]` before a row is written. Query parameters that carry
+//!   credentials (`access_token`, `api_key`, signatures and configured names)
+//!   are redacted the same way.
 //! - It never stores more of a body than the proxy handed it; truncation
 //!   happens in the proxy, and the row only remembers that it happened.
 //! - It never panics or stops on a database error: a failing database makes
@@ -241,7 +243,8 @@ impl Store {
                 reader,
                 writer: Some(WriteSide {
                     pool: writer,
-                    redactor: Redactor::new(&config.redact_headers),
+                    redactor: Redactor::new(&config.redact_headers)
+                        .with_query_params(&config.redact_query_params),
                     config: config.clone(),
                 }),
                 health: HealthState::new(),

@@ -252,7 +252,8 @@ fn parse_timestamp(text: &str) -> Option<SystemTime> {
 /// The columns every query reads, in the order [`decode_row`] expects.
 const COLUMNS: &str = "SELECT id, ts, duration_us, kind, route, upstream, method, path, query, \
      status, bytes_in, bytes_out, client_identity, peer, tls_version, error, body_encoding, \
-     truncated, request_headers, response_headers, request_body, response_body FROM exchanges";
+     truncated, request_headers, response_headers, request_body, response_body, sni \
+     FROM exchanges";
 
 impl Store {
     /// Returns the rows matching `filter`, newest first, with bodies
@@ -348,6 +349,7 @@ fn read_raw(r: &SqliteRow) -> Result<RawRow, sqlx::Error> {
             client_identity: r.try_get(12)?,
             peer: r.try_get(13)?,
             tls_version: r.try_get(14)?,
+            sni: r.try_get(22)?,
             error: r.try_get(15)?,
             truncated: r.try_get(17)?,
             request_headers: Vec::new(),
@@ -694,6 +696,7 @@ mod tests {
         rec.client_identity = Some("spiffe://corp/web".into());
         rec.peer = Some("[::1]:4433".parse().unwrap());
         rec.tls_version = Some("TLSv1.3".into());
+        rec.sni = Some("api.corp".into());
         rec.error = None;
         rec.request_headers =
             recorder.encode_headers(&header_map(&[("content-type", "application/json")]));
@@ -720,6 +723,7 @@ mod tests {
         assert_eq!(row.client_identity, rec.client_identity);
         assert_eq!(row.peer.as_deref(), Some("[::1]:4433"));
         assert_eq!(row.tls_version, rec.tls_version);
+        assert_eq!(row.sni.as_deref(), Some("api.corp"));
         assert_eq!(row.error, None);
         assert_eq!(
             row.request_headers,
@@ -736,8 +740,10 @@ mod tests {
     async fn secrets_are_redacted_before_they_reach_the_file() {
         let (_dir, mut cfg) = temp_config();
         cfg.redact_headers = vec!["X-Api-Key".to_owned()];
+        cfg.redact_query_params = vec!["otp".to_owned()];
         let (recorder, tasks) = start(&cfg).await;
         let mut rec = request("/login");
+        rec.query = Some("next=/home&access_token=s3cr3t-query&OTP=s3cr3t-otp".to_owned());
         rec.request_headers = recorder.encode_headers(&header_map(&[
             ("Authorization", "Bearer s3cr3t-token"),
             ("Cookie", "session=s3cr3t-cookie"),
@@ -761,6 +767,10 @@ mod tests {
             ]
         );
         assert_eq!(row.response_headers[0].1, "[redacted]");
+        assert_eq!(
+            row.query.as_deref(),
+            Some("next=/home&access_token=[redacted]&OTP=[redacted]")
+        );
 
         // Nothing secret anywhere in the database or its log.
         tasks.shutdown().await;

@@ -112,6 +112,8 @@ pub struct Record {
     pub peer: Option<SocketAddr>,
     /// Negotiated TLS version, e.g. `TLSv1.3`.
     pub tls_version: Option<String>,
+    /// The server name the client asked for in its TLS handshake.
+    pub sni: Option<String>,
     /// Why the exchange failed, as a stable reason such as
     /// `upstream_connect_refused`, `identity_not_allowed` or `tls:unknown_issuer`.
     pub error: Option<String>,
@@ -145,6 +147,7 @@ impl Record {
             client_identity: None,
             peer: None,
             tls_version: None,
+            sni: None,
             error: None,
             request_headers: StoredHeaders::default(),
             response_headers: StoredHeaders::default(),
@@ -221,6 +224,8 @@ pub struct RecordRow {
     pub peer: Option<String>,
     /// Negotiated TLS version.
     pub tls_version: Option<String>,
+    /// Server name from the TLS handshake.
+    pub sni: Option<String>,
     /// Failure reason.
     pub error: Option<String>,
     /// Redacted request headers.

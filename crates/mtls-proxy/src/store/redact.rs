@@ -1,5 +1,8 @@
-//! Header redaction: secrets are replaced before a row is written, so the
-//! database (and every backup or `logs` output made from it) never sees them.
+//! Redaction of headers and query parameters: secrets are replaced before a
+//! row is written, so the database (and every backup or `logs` output made
+//! from it) never sees them.
+
+use std::borrow::Cow;
 
 use http::HeaderMap;
 
@@ -15,10 +18,31 @@ const ALWAYS_REDACTED: [&str; 4] = [
     "set-cookie",
 ];
 
-/// Replaces the values of sensitive headers with [`REDACTED`].
+/// Query parameters that carry credentials (OAuth tokens, API keys, signed
+/// URL signatures); always redacted.
+const ALWAYS_REDACTED_PARAMS: [&str; 14] = [
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "token",
+    "api_key",
+    "apikey",
+    "password",
+    "secret",
+    "client_secret",
+    "sig",
+    "signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-amz-signature",
+];
+
+/// Replaces the values of sensitive headers and query parameters with
+/// [`REDACTED`].
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     extra: Vec<String>,
+    extra_params: Vec<String>,
 }
 
 impl Redactor {
@@ -29,12 +53,57 @@ impl Redactor {
         S: AsRef<str>,
     {
         Redactor {
-            extra: extra
-                .into_iter()
-                .map(|name| name.as_ref().trim().to_ascii_lowercase())
-                .filter(|name| !name.is_empty())
-                .collect(),
+            extra: lowercase_names(extra),
+            extra_params: Vec::new(),
         }
+    }
+
+    /// Also redacts the query parameters named in `params`, on top of the
+    /// built-in ones (case-insensitive).
+    pub fn with_query_params<I, S>(mut self, params: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.extra_params = lowercase_names(params);
+        self
+    }
+
+    /// Whether values of query parameter `name` are redacted.
+    pub fn is_sensitive_param(&self, name: &str) -> bool {
+        ALWAYS_REDACTED_PARAMS
+            .iter()
+            .copied()
+            .chain(self.extra_params.iter().map(String::as_str))
+            .any(|secret| secret.eq_ignore_ascii_case(name))
+    }
+
+    /// `query` (without the `?`) with the values of sensitive parameters
+    /// replaced; borrowed when nothing needed replacing. Names, order and
+    /// everything else stay as they were.
+    pub fn redact_query<'a>(&self, query: &'a str) -> Cow<'a, str> {
+        let sensitive = |pair: &str| {
+            pair.split_once('=')
+                .is_some_and(|(name, _)| self.is_sensitive_param(name))
+        };
+        if !query.split('&').any(sensitive) {
+            return Cow::Borrowed(query);
+        }
+        let mut out = String::with_capacity(query.len());
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if self.is_sensitive_param(name) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(REDACTED);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        Cow::Owned(out)
     }
 
     /// Whether values of header `name` are redacted.
@@ -74,6 +143,18 @@ impl Redactor {
         }
         out.push(b']');
     }
+}
+
+fn lowercase_names<I, S>(names: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    names
+        .into_iter()
+        .map(|name| name.as_ref().trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect()
 }
 
 /// Appends `s` as a JSON string literal.
@@ -176,6 +257,23 @@ mod tests {
         let headers = encode(&Redactor::default(), &[("x-bin", b"caf\xe9")]);
         assert_eq!(headers[0].0, "x-bin");
         assert_eq!(headers[0].1, "caf\u{fffd}");
+    }
+
+    #[test]
+    fn sensitive_query_parameters_are_redacted_and_the_rest_kept() {
+        let redactor = Redactor::default().with_query_params(["Session"]);
+        assert_eq!(
+            redactor.redact_query("page=2&ACCESS_TOKEN=abc&flag&session=s1&q=a%3Db"),
+            "page=2&ACCESS_TOKEN=[redacted]&flag&session=[redacted]&q=a%3Db"
+        );
+        assert!(matches!(
+            redactor.redact_query("page=2&q=x"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(redactor.redact_query(""), "");
+        // A parameter without a value has nothing to hide.
+        assert_eq!(redactor.redact_query("token"), "token");
+        assert!(!Redactor::default().is_sensitive_param("session"));
     }
 
     #[test]

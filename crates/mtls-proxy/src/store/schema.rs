@@ -22,11 +22,14 @@ use super::{StoreConfig, StoreError};
 
 /// Every migration, oldest first: version, description, SQL. Never edit a
 /// released file; sqlx refuses to start when a checksum changes.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "exchanges",
-    include_str!("migrations/0001_exchanges.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "exchanges",
+        include_str!("migrations/0001_exchanges.sql"),
+    ),
+    (2, "sni", include_str!("migrations/0002_sni.sql")),
+];
 
 /// Page size of new databases, in bytes.
 pub(crate) const PAGE_SIZE: u32 = 16 * 1024;
@@ -40,15 +43,16 @@ pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// the health status.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The migrations compiled into the binary, as a sqlx migration source.
+/// Migrations compiled into the binary, as a sqlx migration source.
 #[derive(Debug)]
-struct EmbeddedMigrations;
+struct EmbeddedMigrations(&'static [(i64, &'static str, &'static str)]);
 
 impl MigrationSource<'static> for EmbeddedMigrations {
     fn resolve(
         self,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 'static>> {
-        let migrations = MIGRATIONS
+        let migrations = self
+            .0
             .iter()
             .map(|&(version, description, sql)| {
                 Migration::new(
@@ -66,7 +70,10 @@ impl MigrationSource<'static> for EmbeddedMigrations {
 
 /// Applies every pending migration.
 pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), MigrateError> {
-    Migrator::new(EmbeddedMigrations).await?.run(pool).await
+    Migrator::new(EmbeddedMigrations(MIGRATIONS))
+        .await?
+        .run(pool)
+        .await
 }
 
 /// Opens the single write connection, creating the file if needed.
@@ -238,13 +245,49 @@ mod tests {
         );
         store.close().await;
 
-        // Opening again finds the migration applied and changes nothing.
+        // Opening again finds the migrations applied and changes nothing.
         let store = Store::open(&cfg).await.unwrap();
-        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
-            .fetch_all(&store.inner.reader)
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&store.inner.reader)
+                .await
+                .unwrap();
+        let every: Vec<i64> = MIGRATIONS.iter().map(|m| m.0).collect();
+        assert_eq!(versions, every);
+        assert_eq!(versions.last(), Some(&SCHEMA_VERSION));
+    }
+
+    #[tokio::test]
+    async fn version_two_moves_the_server_name_of_old_handshake_rows() {
+        let (_dir, cfg) = temp_config();
+        // A file as the first schema version left it: handshakes kept the
+        // server name in `path`.
+        let pool = open_writer(&cfg.path, &cfg).await.unwrap();
+        Migrator::new(EmbeddedMigrations(&MIGRATIONS[..1]))
+            .await
+            .unwrap()
+            .run(&pool)
             .await
             .unwrap();
-        assert_eq!(versions, [SCHEMA_VERSION]);
+        sqlx::query(
+            "INSERT INTO exchanges (ts, duration_us, kind, path, error) VALUES \
+             (1, 0, 'handshake', 'api.test', 'tls:unknown_issuer'), \
+             (2, 0, 'request', '/v1', NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = Store::open(&cfg).await.unwrap();
+        let rows = store.query(&crate::store::Filter::default()).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        let (request, handshake) = (&rows[0], &rows[1]);
+        assert_eq!(handshake.sni.as_deref(), Some("api.test"));
+        assert_eq!(handshake.path, None);
+        assert_eq!(request.path.as_deref(), Some("/v1"));
+        assert_eq!(request.sni, None);
+        store.close().await;
     }
 
     #[tokio::test]

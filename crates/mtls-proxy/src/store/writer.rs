@@ -205,6 +205,7 @@ impl Recorder {
             conn,
             rx,
             signal: signal.clone(),
+            redactor: side.redactor.clone(),
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
             warn: WarnLimiter::new(WARN_EVERY),
@@ -379,9 +380,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 
 const INSERT: &str = "INSERT INTO exchanges (ts, duration_us, kind, route, upstream, method, \
      path, query, status, bytes_in, bytes_out, client_identity, peer, tls_version, error, \
-     truncated, request_headers, response_headers, request_body, response_body) \
+     truncated, request_headers, response_headers, request_body, response_body, sni) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20)";
+     ?19, ?20, ?21)";
 
 /// The writer thread's state.
 struct Writer {
@@ -389,6 +390,8 @@ struct Writer {
     conn: Connection,
     rx: Receiver<Msg>,
     signal: Arc<Signal>,
+    /// Redacts query strings; headers arrive redacted.
+    redactor: Redactor,
     batch_size: usize,
     flush_interval: Duration,
     warn: WarnLimiter,
@@ -568,7 +571,7 @@ impl Writer {
                     rec.upstream.as_deref(),
                     rec.method.as_deref(),
                     rec.path.as_deref(),
-                    rec.query.as_deref(),
+                    rec.query.as_deref().map(|q| self.redactor.redact_query(q)),
                     rec.status,
                     i64::try_from(rec.bytes_in).unwrap_or(i64::MAX),
                     i64::try_from(rec.bytes_out).unwrap_or(i64::MAX),
@@ -581,6 +584,7 @@ impl Writer {
                     rec.response_headers.as_str(),
                     rec.request_body.as_deref(),
                     rec.response_body.as_deref(),
+                    rec.sni.as_deref(),
                 ])?;
             }
         }

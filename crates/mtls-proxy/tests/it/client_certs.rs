@@ -86,6 +86,9 @@ impl Fixture {
             .records_where("kind=handshake", |r| r["error"] == want.as_str())
             .await;
         assert!(!rows.is_empty(), "no handshake record with {want}");
+        // The server name the client asked for is kept; there is no path.
+        assert_eq!(rows[0]["sni"], "api.test", "{}", rows[0]);
+        assert!(rows[0]["path"].is_null(), "{}", rows[0]);
     }
 }
 

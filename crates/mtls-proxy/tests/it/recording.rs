@@ -22,11 +22,11 @@ async fn records_redact_secrets_and_capture_bounded_bodies() {
     )
     .replace(
         "flush_interval = \"10ms\"",
-        "flush_interval = \"10ms\"\nredact_headers = [\"x-api-key\"]",
+        "flush_interval = \"10ms\"\nredact_headers = [\"x-api-key\"]\nredact_query_params = [\"session_id\"]",
     );
     let app = spawn_app(dir.path(), &config).await;
     let resp = reqwest::Client::new()
-        .post(app.http_url("/submit?x=1"))
+        .post(app.http_url("/submit?x=1&access_token=t0ken&Session_ID=s1d"))
         .header("authorization", "Bearer s3cret")
         .header("x-api-key", "k3y")
         .header("cookie", "session=abc")
@@ -38,18 +38,22 @@ async fn records_redact_secrets_and_capture_bounded_bodies() {
     let rows = app.records("route=cap", 1).await;
     let row = &rows[0];
     let text = row.to_string();
-    for secret in ["s3cret", "k3y", "session=abc"] {
+    for secret in ["s3cret", "k3y", "session=abc", "t0ken", "s1d"] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
     assert!(text.contains("[redacted]"));
     assert_eq!(row["request_body"], "0123456789abcdef");
     assert_eq!(row["truncated"], true);
-    assert_eq!(row["query"], "x=1");
+    assert_eq!(
+        row["query"],
+        "x=1&access_token=[redacted]&Session_ID=[redacted]"
+    );
     assert_eq!(row["bytes_in"], 26);
     app.stop().await;
     // The database file itself holds no secret either.
     let raw = std::fs::read(dir.path().join("records.db")).unwrap();
     assert!(!raw.windows(6).any(|w| w == b"s3cret"));
+    assert!(!raw.windows(5).any(|w| w == b"t0ken"));
 }
 
 fn logs(db: &Path, args: &[&str]) -> std::process::Output {
