@@ -17,12 +17,13 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
+use tokio::sync::mpsc::{self, Receiver, Sender};
 use tokio::sync::oneshot;
 
 use super::{
@@ -78,7 +79,9 @@ struct RecorderInner {
 /// The sending side of the writer's channel plus what it needs to wake it.
 #[derive(Clone)]
 struct Queue {
-    tx: SyncSender<Msg>,
+    /// tokio's bounded channel allocates its slots as they fill, so an idle
+    /// queue costs next to no memory; both ends are used without awaiting.
+    tx: Sender<Msg>,
     signal: Arc<Signal>,
     writer: Thread,
 }
@@ -134,7 +137,7 @@ impl Queue {
                     self.writer.unpark();
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Closed(_)) => return false,
             }
         }
     }
@@ -193,7 +196,7 @@ impl Recorder {
             path: store.path().to_path_buf(),
             source,
         })?;
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
         let signal = Arc::new(Signal {
             queued: AtomicUsize::new(0),
             urgent: AtomicBool::new(false),
