@@ -104,7 +104,10 @@ impl<P: ProxyHttp> Server<P> {
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(hyper_buf)
-            .keep_alive(true);
+            .keep_alive(true)
+            // One flattened write per message measured about a microsecond
+            // cheaper per request than a vectored one on loopback.
+            .writev(false);
         builder
             .http2()
             .timer(TokioTimer::new())

@@ -240,6 +240,8 @@ fn build_client(settings: &UpstreamSettings, tls: bool) -> Result<UpstreamClient
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(settings.idle_timeout)
         .pool_max_idle_per_host(settings.max_idle_per_host)
+        // See the server side: flattened writes are cheaper here too.
+        .http1_writev(false)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector))
