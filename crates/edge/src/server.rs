@@ -27,6 +27,7 @@ use crate::error::{Error, ErrorKind};
 use crate::identity::ClientIdentity;
 use crate::proxy::{ConnInfo, Exchange, ProxyHttp, Session, TlsInfo};
 use crate::tls::handshake_failure_reason;
+use crate::upstream::SendError;
 
 /// Limits and timeouts of the downstream side. Changing these needs a restart.
 #[derive(Debug, Clone)]
@@ -501,16 +502,18 @@ impl<P: ProxyHttp> Server<P> {
             };
             attempts += 1;
             let target = &group.targets()[index];
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = target.base.scheme().cloned();
-            parts.authority = target.base.authority().cloned();
-            parts.path_and_query = Some(path.clone());
-            let uri = http::Uri::from_parts(parts)
-                .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
             route.upstream = Some(target.label.clone());
+            if !headers.contains_key(header::HOST) {
+                // An HTTP/1.0 client may send none; HTTP/1.1 needs one.
+                if let Some(auth) = target.base.authority() {
+                    if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                        headers.insert(header::HOST, v);
+                    }
+                }
+            }
             let mut builder = Request::builder()
                 .method(session.method.clone())
-                .uri(uri)
+                .uri(http::Uri::from(path.clone()))
                 .version(Version::HTTP_11);
             // Only a body-less request is ever retried; the last attempt
             // takes the headers instead of copying them.
@@ -534,10 +537,10 @@ impl<P: ProxyHttp> Server<P> {
                 .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
             let wait =
                 header_timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            let sent = tokio::time::timeout(wait, group.client().request(req)).await;
+            let sent = tokio::time::timeout(wait, group.send(index, req)).await;
             let err = match sent {
                 Ok(Ok(resp)) => break (index, resp),
-                Ok(Err(e)) => classify_client_error(&e, &req_tap),
+                Ok(Err(e)) => classify_send_error(e, &req_tap),
                 Err(_) => Error::new(
                     ErrorKind::HeaderTimeout,
                     format!("no response headers within {wait:?}"),
@@ -615,37 +618,22 @@ fn head_size(session: &Session) -> usize {
         + line
 }
 
-fn classify_client_error(e: &hyper_util::client::legacy::Error, req_tap: &Tap) -> Error {
+fn classify_send_error(e: SendError, req_tap: &Tap) -> Error {
     if req_tap.over_limit() {
         return Error::new(ErrorKind::BodyTooLarge, "request body over the limit");
     }
     if let Some(f) = req_tap.failure() {
         return f;
     }
-    let mut chain = String::new();
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let (mut tls, mut timed_out) = (false, false);
-    while let Some(s) = source {
-        if !chain.is_empty() {
-            chain.push_str(": ");
-        }
-        chain.push_str(&s.to_string());
-        tls |= wraps_rustls_error(s);
-        timed_out |= s
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
-        source = s.source();
-    }
-    let kind = if tls {
-        ErrorKind::UpstreamTls
-    } else if e.is_connect() && (timed_out || chain.contains("timed out")) {
-        ErrorKind::ConnectTimeout
-    } else if e.is_connect() {
-        ErrorKind::ConnectFailed
-    } else {
-        ErrorKind::UpstreamProtocol
+    let kind = match &e {
+        SendError::Connect(io) if io.kind() == io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
+        SendError::Connect(io) if wraps_rustls_error(io) => ErrorKind::UpstreamTls,
+        SendError::Connect(_) => ErrorKind::ConnectFailed,
+        SendError::ConnectTimeout(_) => ErrorKind::ConnectTimeout,
+        SendError::Tls(_) => ErrorKind::UpstreamTls,
+        SendError::Http(_) => ErrorKind::UpstreamProtocol,
     };
-    Error::new(kind, chain)
+    Error::new(kind, e.to_string())
 }
 
 /// Whether `e` is, or wraps through `io::Error`s, a rustls error. The

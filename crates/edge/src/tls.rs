@@ -301,21 +301,9 @@ pub fn upstream_client_config(spec: &UpstreamTlsSpec) -> Result<ClientConfig, Se
             ))
         }
     };
-    // ALPN is left empty: the HTTPS connector sets it (HTTP/1.1 only, so
-    // WebSocket upgrades and pooling behave the same for every upstream).
+    // ALPN is left empty: upstreams speak HTTP/1.1 only, so WebSocket
+    // upgrades and pooling behave the same for every upstream.
     Ok(cfg)
-}
-
-/// A client config that trusts nothing, for connectors that never do TLS.
-pub fn unused_client_config() -> Result<ClientConfig, SetupError> {
-    Ok(ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|source| SetupError::Tls {
-            context: "client protocol versions".into(),
-            source,
-        })?
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth())
 }
 
 fn system_roots() -> RootCertStore {
