@@ -399,7 +399,10 @@ impl UpstreamGroup {
         loop {
             let (mut sender, pooled) = match target.pool.take().await {
                 Some(sender) => (sender, true),
-                None => (self.connect(target).await?, false),
+                // Boxed: the connect future (TCP, TLS, handshake) is large,
+                // and keeping it out of this one saves copying it with every
+                // request that reuses a connection.
+                None => (Box::pin(self.connect(target)).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
