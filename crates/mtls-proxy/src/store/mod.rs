@@ -7,7 +7,7 @@
 //! - [`Store`] owns the database: it opens it (running the migrations in
 //!   `migrations/`), answers [`Filter`] queries and runs retention.
 //! - [`Recorder`] is the handle the proxy holds. [`Recorder::record`] never
-//!   waits: records go through a bounded queue to a writer task that inserts
+//!   waits: records go through a bounded queue to a writer thread that inserts
 //!   them in batches, one transaction per batch.
 //! - A maintenance task deletes rows by age and by size and compresses old
 //!   bodies in place.
@@ -204,9 +204,9 @@ struct Inner {
 
 /// What only a writable store has.
 struct WriteSide {
-    /// Exactly one connection: SQLite allows one writer at a time anyway, and
-    /// serialising inside the process is cheaper than contending on the file
-    /// lock. It also lets tests change per-connection pragmas reliably.
+    /// Exactly one connection, for migrations and maintenance; records go
+    /// through the writer thread's own connection (see [`Recorder`]). The two
+    /// take turns on SQLite's write lock through the busy timeout.
     pool: SqlitePool,
     config: StoreConfig,
     redactor: Redactor,
