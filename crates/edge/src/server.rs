@@ -459,13 +459,6 @@ impl<P: ProxyHttp> Server<P> {
         };
         self.proxy
             .upstream_request_filter(session, &mut headers, ctx)?;
-        if !headers.contains_key(header::HOST) {
-            if let Some(auth) = session.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-                    headers.insert(header::HOST, v);
-                }
-            }
-        }
         let (request_timeout, header_timeout) = (
             group.settings().request_timeout,
             group.settings().header_timeout,
@@ -504,11 +497,12 @@ impl<P: ProxyHttp> Server<P> {
             let target = &group.targets()[index];
             route.upstream = Some(target.label.clone());
             if !headers.contains_key(header::HOST) {
-                // An HTTP/1.0 client may send none; HTTP/1.1 needs one.
-                if let Some(auth) = target.base.authority() {
-                    if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-                        headers.insert(header::HOST, v);
-                    }
+                // HTTP/2 carries the host in the URI, and an HTTP/1.0 client
+                // may send none at all; the upstream speaks HTTP/1.1, which
+                // needs the header.
+                let authority = session.uri.authority().or(target.base.authority());
+                if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                    headers.insert(header::HOST, v);
                 }
             }
             let mut builder = Request::builder()

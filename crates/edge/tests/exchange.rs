@@ -52,7 +52,8 @@ impl ProxyHttp for Watching {
     }
 }
 
-/// An upstream that answers every request with the `x-forwarded-for` it got.
+/// An upstream that answers every request with the `x-forwarded-for` it got
+/// (and 400 when the request has no Host header).
 async fn echo_upstream() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -71,8 +72,14 @@ async fn echo_upstream() -> String {
                             .find_map(|l| l.strip_prefix("x-forwarded-for: "))
                             .unwrap_or("none")
                             .to_owned();
+                        // HTTP/1.1 requires a Host header.
+                        let status = if head.contains("\r\nhost: ") {
+                            "200 OK"
+                        } else {
+                            "400 Bad Request"
+                        };
                         let reply = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-upstream: yes\r\n\r\n{xff}",
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-upstream: yes\r\n\r\n{xff}",
                             xff.len()
                         );
                         if s.write_all(reply.as_bytes()).await.is_err() {
@@ -168,4 +175,15 @@ async fn logging_gets_no_headers_when_the_proxy_does_not_want_them() {
     // Without the headers the host comes from the URI, which has none here.
     assert_eq!(seen.host, None);
     assert_eq!(seen.status, Some(200));
+}
+
+#[tokio::test]
+async fn a_request_without_a_host_reaches_the_upstream_with_one() {
+    let (proxy, addr) = start(false).await;
+    let resp = get(addr, "GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(
+        resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"),
+        "{resp}"
+    );
+    assert_eq!(first_seen(&proxy).await.status, Some(200));
 }
