@@ -11,7 +11,7 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -113,6 +113,8 @@ struct Pool {
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Whether the task closing expired connections runs yet.
+    reaper: AtomicBool,
 }
 
 struct Idle {
@@ -138,21 +140,49 @@ impl Pool {
         }
     }
 
-    fn put(&self, sender: SendRequest<Body>) {
+    fn put(self: &Arc<Self>, sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.lock();
-        // The oldest sit at the front; let expired ones go (closing them).
+        {
+            let mut idle = self.lock();
+            Self::expire(&mut idle, now, self.idle_timeout);
+            if idle.len() < self.max_idle {
+                idle.push(Idle { sender, since: now });
+            }
+        }
+        if !self.reaper.load(Ordering::Relaxed) && !self.reaper.swap(true, Ordering::Relaxed) {
+            self.start_reaper();
+        }
+    }
+
+    /// Lets connections idle past the timeout go, closing them. The oldest
+    /// sit at the front.
+    fn expire(idle: &mut Vec<Idle>, now: Instant, timeout: Duration) {
         let expired = idle
             .iter()
-            .take_while(|c| now.duration_since(c.since) > self.idle_timeout)
+            .take_while(|c| now.duration_since(c.since) > timeout)
             .count();
         idle.drain(..expired);
-        if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since: now });
-        }
+    }
+
+    /// Closes expired connections even when no request comes along to do
+    /// it, checking twice per idle timeout; ends with the pool.
+    fn start_reaper(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.reaper.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(10));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                Self::expire(&mut pool.lock(), Instant::now(), pool.idle_timeout);
+            }
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -354,6 +384,7 @@ impl UpstreamGroup {
                     idle: Mutex::new(Vec::new()),
                     max_idle: settings.max_idle_per_host,
                     idle_timeout: settings.idle_timeout,
+                    reaper: AtomicBool::new(false),
                 }),
             });
         }
@@ -638,6 +669,40 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout_without_traffic() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // The proxy keeps the connection for the next request, until it
+            // has been idle too long.
+            let started = Instant::now();
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let _ = closed_tx.send((n, started.elapsed()));
+        });
+        let settings = UpstreamSettings {
+            idle_timeout: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let g = UpstreamGroup::new("g", &[url], settings).unwrap();
+        let resp = g.send(0, get("/")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        let (n, after) = tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .expect("the idle connection was never closed")
+            .unwrap();
+        assert_eq!(n, 0, "the proxy sent something instead of closing");
+        assert!(after >= Duration::from_millis(90), "closed after {after:?}");
     }
 
     #[tokio::test]
