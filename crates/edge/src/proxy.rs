@@ -216,6 +216,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names. Upgrade requests keep `Connection: upgrade` and `Upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these, or only `connection`. Looking at
+    // the few names present is cheaper than hashing all nine for removal.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -356,5 +361,62 @@ pub trait ProxyHttp: Send + Sync + 'static {
     /// be kept without copying. Default: nothing.
     fn logging(&self, exchange: Exchange, ctx: Self::Ctx) {
         let _ = (exchange, ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|&(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Trace"),
+            ("x-trace", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(names(&headers), ["accept"]);
+    }
+
+    #[test]
+    fn end_to_end_headers_alone_are_left_as_they_are() {
+        let mut headers = map(&[("accept", "*/*"), ("x-a", "1"), ("x-a", "2")]);
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers, before);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_a_fresh_connection_header() {
+        let mut headers = map(&[
+            ("connection", "Upgrade, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+        ]);
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(names(&headers), ["connection", "upgrade"]);
+        assert_eq!(headers[header::CONNECTION], "upgrade");
+        assert_eq!(headers[header::UPGRADE], "websocket");
+
+        let mut plain = map(&[("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut plain, false);
+        assert!(plain.is_empty());
     }
 }
