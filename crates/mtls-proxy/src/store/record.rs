@@ -170,10 +170,7 @@ pub struct StoredHeaders(String);
 impl StoredHeaders {
     /// Encodes `headers`, redacting what `redactor` says is sensitive.
     pub fn encode(headers: &HeaderMap, redactor: &Redactor) -> Self {
-        let mut json = Vec::with_capacity(64 + headers.len() * 48);
-        redactor.encode_json(headers, &mut json);
-        // The encoder writes only UTF-8.
-        StoredHeaders(String::from_utf8(json).unwrap_or_else(|_| "[]".to_owned()))
+        StoredHeaders(redactor.encode_json(headers))
     }
 
     /// The JSON text.

@@ -115,33 +115,54 @@ impl Redactor {
             .any(|secret| secret.eq_ignore_ascii_case(name))
     }
 
-    /// Appends `headers` to `out` as the JSON stored in a row: an array of
-    /// `[name, value]` pairs in order, with sensitive values replaced by
-    /// [`REDACTED`]. Names and order survive, so a reader can still tell the
-    /// header was sent. Values that are not UTF-8 are kept lossily.
+    /// Whether values of header `name`, already lowercase as every
+    /// [`http::HeaderName`] is, are redacted. The configured names are
+    /// lowercased when the redactor is built, so a plain comparison does.
+    fn is_sensitive_lowercase(&self, name: &str) -> bool {
+        ALWAYS_REDACTED
+            .iter()
+            .copied()
+            .chain(self.extra.iter().map(String::as_str))
+            .any(|secret| secret == name)
+    }
+
+    /// The JSON stored in a row for `headers`: an array of `[name, value]`
+    /// pairs in order, with sensitive values replaced by [`REDACTED`]. Names
+    /// and order survive, so a reader can still tell the header was sent.
+    /// Values that are not UTF-8 are kept lossily.
     ///
-    /// Written by hand rather than through serde: it runs once per stored
-    /// exchange, and this is the writer's busiest code outside SQLite.
-    pub fn encode_json(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+    /// Written by hand rather than through serde: it runs on the proxy's
+    /// thread twice per recorded exchange, so the common case (plain ASCII
+    /// values) is one scan and one copy per value.
+    pub fn encode_json(&self, headers: &HeaderMap) -> String {
+        // Quotes, brackets and commas add six bytes per pair; reserving it all
+        // up front saves the reallocations of a growing buffer.
+        let needed: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 6)
+            .sum();
+        let mut out = Vec::with_capacity(needed + 2);
         out.push(b'[');
         for (i, (name, value)) in headers.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
+            // Header names are lowercase tokens: never anything to escape.
             out.push(b'[');
-            push_json_string(out, name.as_str());
-            out.push(b',');
-            if self.is_sensitive(name.as_str()) {
-                push_json_string(out, REDACTED);
+            out.push(b'"');
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b"\",");
+            if self.is_sensitive_lowercase(name.as_str()) {
+                push_json_string(&mut out, REDACTED);
             } else {
-                match value.to_str() {
-                    Ok(text) => push_json_string(out, text),
-                    Err(_) => push_json_string(out, &String::from_utf8_lossy(value.as_bytes())),
-                }
+                push_json_value(&mut out, value.as_bytes());
             }
             out.push(b']');
         }
         out.push(b']');
+        // Everything above was pushed from `str`s or checked to be ASCII.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
@@ -157,26 +178,53 @@ where
         .collect()
 }
 
-/// Appends `s` as a JSON string literal.
+/// Whether byte `b` cannot appear as itself inside a JSON string (DEL is
+/// escaped too, so stored text never carries it raw).
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f
+}
+
+/// Appends a header value as a JSON string literal. Plain ASCII without
+/// anything to escape (practically every value) is copied as it is; the
+/// rest goes through UTF-8 decoding (lossy) and escaping.
+fn push_json_value(out: &mut Vec<u8>, value: &[u8]) {
+    // A fold without early exit compiles to a branch-free scan.
+    let plain = !value
+        .iter()
+        .fold(false, |dirty, &b| dirty | needs_escape(b) | (b >= 0x80));
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(value);
+        out.push(b'"');
+    } else {
+        push_json_string(out, &String::from_utf8_lossy(value));
+    }
+}
+
+/// Appends `s` as a JSON string literal, copying it run by run between the
+/// bytes JSON requires escaped. Every escaped byte is ASCII, so the runs
+/// always start and end on character boundaries.
 fn push_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut plain = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
+        if !needs_escape(b) {
+            continue;
+        }
         out.extend_from_slice(&bytes[plain..i]);
-        if escape.is_empty() {
-            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-        } else {
-            out.extend_from_slice(escape);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
         }
         plain = i + 1;
     }
@@ -196,9 +244,7 @@ mod tests {
                 http::HeaderValue::from_bytes(v).unwrap(),
             );
         }
-        let mut out = Vec::new();
-        redactor.encode_json(&map, &mut out);
-        serde_json::from_slice(&out).unwrap()
+        serde_json::from_str(&redactor.encode_json(&map)).unwrap()
     }
 
     #[test]
@@ -248,8 +294,14 @@ mod tests {
         // does not rely on that.
         let mut out = Vec::new();
         push_json_string(&mut out, "\u{1}\n\r\u{7f}x");
+        assert_eq!(out, br#""\u0001\n\r\u007fx""#);
         let back: String = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, "\u{1}\n\r\u{7f}x");
+        // Text between the escapes, multi-byte characters included, is
+        // copied as it is.
+        out.clear();
+        push_json_value(&mut out, "é\"ü\\ß\t".as_bytes());
+        assert_eq!(out, r#""é\"ü\\ß\t""#.as_bytes());
     }
 
     #[test]

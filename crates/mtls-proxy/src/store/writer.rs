@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, ToSql, TransactionBehavior};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::mpsc::{self, Receiver, Sender};
 use tokio::sync::oneshot;
@@ -213,6 +213,8 @@ impl Recorder {
             flush_interval: config.flush_interval,
             warn: WarnLimiter::new(WARN_EVERY),
             peer: String::new(),
+            insert_one: insert_sql(1),
+            insert_many: insert_sql(ROWS_PER_INSERT),
         };
         let handle = thread::Builder::new()
             .name("recorder".to_owned())
@@ -381,11 +383,29 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-const INSERT: &str = "INSERT INTO exchanges (ts, duration_us, kind, route, upstream, method, \
-     path, query, status, bytes_in, bytes_out, client_identity, peer, tls_version, error, \
-     truncated, request_headers, response_headers, request_body, response_body, sni) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20, ?21)";
+/// The columns the writer fills, in the order [`bind_record`] binds them.
+const COLUMNS: &str = "ts, duration_us, kind, route, upstream, method, path, query, status, \
+     bytes_in, bytes_out, client_identity, peer, tls_version, error, truncated, \
+     request_headers, response_headers, request_body, response_body, sni";
+
+/// Parameters per row: one per column in [`COLUMNS`].
+const PARAMS_PER_ROW: usize = 21;
+
+/// Rows per multi-row `INSERT`. Each statement execution opens a cursor on
+/// the table and every index and runs the statement's prologue and
+/// epilogue; sharing that among several rows cut the writer's instructions
+/// per row by about a quarter in a standalone loop with this schema. Beyond
+/// eight rows the gain shrinks again.
+const ROWS_PER_INSERT: usize = 8;
+
+/// `INSERT INTO exchanges (...) VALUES (?, ...), ...` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let row = format!("({})", vec!["?"; PARAMS_PER_ROW].join(", "));
+    format!(
+        "INSERT INTO exchanges ({COLUMNS}) VALUES {}",
+        vec![row; rows].join(", ")
+    )
+}
 
 /// The writer thread's state.
 struct Writer {
@@ -400,6 +420,9 @@ struct Writer {
     warn: WarnLimiter,
     /// Reused for every row.
     peer: String,
+    /// The SQL of the single-row and the multi-row insert.
+    insert_one: String,
+    insert_many: String,
 }
 
 /// What the writer does after a message.
@@ -555,40 +578,33 @@ impl Writer {
     /// is rolled back (SQLite may already have done so itself after a full
     /// disk or an I/O error; the connection stays usable either way).
     fn insert(&mut self, batch: &[Record]) -> rusqlite::Result<()> {
-        use std::fmt::Write as _;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut stmt = tx.prepare_cached(INSERT)?;
-            for rec in batch {
-                self.peer.clear();
-                if let Some(peer) = rec.peer {
-                    let _ = write!(self.peer, "{peer}");
+            let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
+            if chunks.len() > 0 {
+                let mut many = tx.prepare_cached(&self.insert_many)?;
+                for chunk in chunks.by_ref() {
+                    for (i, rec) in chunk.iter().enumerate() {
+                        bind_record(
+                            &mut many,
+                            i * PARAMS_PER_ROW,
+                            rec,
+                            &self.redactor,
+                            &mut self.peer,
+                        )?;
+                    }
+                    many.raw_execute()?;
                 }
-                stmt.execute(params![
-                    to_micros(rec.ts),
-                    i64::try_from(rec.duration.as_micros()).unwrap_or(i64::MAX),
-                    rec.kind.as_str(),
-                    rec.route.as_deref(),
-                    rec.upstream.as_deref(),
-                    rec.method.as_deref(),
-                    rec.path.as_deref(),
-                    rec.query.as_deref().map(|q| self.redactor.redact_query(q)),
-                    rec.status,
-                    i64::try_from(rec.bytes_in).unwrap_or(i64::MAX),
-                    i64::try_from(rec.bytes_out).unwrap_or(i64::MAX),
-                    rec.client_identity.as_deref(),
-                    rec.peer.map(|_| self.peer.as_str()),
-                    rec.tls_version.as_deref(),
-                    rec.error.as_deref(),
-                    rec.truncated,
-                    rec.request_headers.as_str(),
-                    rec.response_headers.as_str(),
-                    rec.request_body.as_deref(),
-                    rec.response_body.as_deref(),
-                    rec.sni.as_deref(),
-                ])?;
+            }
+            let rest = chunks.remainder();
+            if !rest.is_empty() {
+                let mut one = tx.prepare_cached(&self.insert_one)?;
+                for rec in rest {
+                    bind_record(&mut one, 0, rec, &self.redactor, &mut self.peer)?;
+                    one.raw_execute()?;
+                }
             }
         }
         tx.commit()
@@ -619,6 +635,70 @@ impl Writer {
     }
 }
 
+/// Binds the columns of `rec`, in [`COLUMNS`] order, to the parameters
+/// after `offset`. Query strings are redacted here; headers arrive redacted.
+/// `peer` is scratch space for the client address (text parameters are
+/// copied when bound, so one buffer serves every row).
+fn bind_record(
+    stmt: &mut rusqlite::Statement<'_>,
+    offset: usize,
+    rec: &Record,
+    redactor: &Redactor,
+    peer: &mut String,
+) -> rusqlite::Result<()> {
+    peer.clear();
+    if let Some(addr) = rec.peer {
+        write_peer(peer, addr);
+    }
+    let query = rec.query.as_deref().map(|q| redactor.redact_query(q));
+    let values: [&dyn ToSql; PARAMS_PER_ROW] = [
+        &to_micros(rec.ts),
+        &i64::try_from(rec.duration.as_micros()).unwrap_or(i64::MAX),
+        &rec.kind.as_str(),
+        &rec.route.as_deref(),
+        &rec.upstream.as_deref(),
+        &rec.method.as_deref(),
+        &rec.path.as_deref(),
+        &query.as_deref(),
+        &rec.status,
+        &i64::try_from(rec.bytes_in).unwrap_or(i64::MAX),
+        &i64::try_from(rec.bytes_out).unwrap_or(i64::MAX),
+        &rec.client_identity.as_deref(),
+        &rec.peer.map(|_| peer.as_str()),
+        &rec.tls_version.as_deref(),
+        &rec.error.as_deref(),
+        &rec.truncated,
+        &rec.request_headers.as_str(),
+        &rec.response_headers.as_str(),
+        &rec.request_body.as_deref(),
+        &rec.response_body.as_deref(),
+        &rec.sni.as_deref(),
+    ];
+    for (i, value) in values.into_iter().enumerate() {
+        stmt.raw_bind_parameter(offset + i + 1, value)?;
+    }
+    Ok(())
+}
+
+/// Writes `addr` as `Display` does (`1.2.3.4:5` or `[::1]:5`), without
+/// the formatting machinery for the common IPv4 case: it runs once per row.
+fn write_peer(out: &mut String, addr: std::net::SocketAddr) {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{addr}");
+        return;
+    };
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(digits.format(octet));
+    }
+    out.push(':');
+    out.push_str(digits.format(v4.port()));
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -643,6 +723,77 @@ mod tests {
         assert!(health.enabled && health.writable, "{health:?}");
         assert!(health.size_bytes > 0);
         tasks.shutdown().await;
+    }
+
+    /// 19 records in one batch: two multi-row statements and three single
+    /// rows. Every row must come back with its own values, none shifted
+    /// into a neighbour's columns.
+    #[tokio::test]
+    async fn every_row_of_a_multi_row_insert_keeps_its_own_values() {
+        let (_dir, mut cfg) = temp_config();
+        cfg.flush_interval = Duration::from_secs(3600);
+        let (recorder, tasks) = start(&cfg).await;
+        let count = 2 * ROWS_PER_INSERT + 3;
+        for i in 0..count {
+            let mut rec = request(&format!("/r/{i}"));
+            rec.status = Some(200 + i as u16);
+            rec.bytes_out = i as u64 * 10;
+            rec.query = Some(format!("n={i}&token=secret{i}"));
+            rec.peer = Some(format!("10.0.0.{i}:{}", 4000 + i).parse().unwrap());
+            rec.client_identity = (i % 2 == 0).then(|| format!("spiffe://t/{i}"));
+            rec.response_body = (i % 3 == 0).then(|| bytes::Bytes::from(format!("body {i}")));
+            recorder.record(rec);
+        }
+        recorder.flush().await;
+        let filter = Filter {
+            limit: 100,
+            ..Filter::default()
+        };
+        let rows = recorder.query(&filter).await.unwrap();
+        assert_eq!(rows.len(), count);
+        for i in 0..count {
+            let path = format!("/r/{i}");
+            let row = rows
+                .iter()
+                .find(|r| r.path.as_deref() == Some(path.as_str()))
+                .unwrap_or_else(|| panic!("no row for {path}"));
+            assert_eq!(row.status, Some(200 + i as u16), "{path}");
+            assert_eq!(row.bytes_out, i as u64 * 10, "{path}");
+            assert_eq!(
+                row.query.as_deref(),
+                Some(format!("n={i}&token=[redacted]").as_str())
+            );
+            assert_eq!(
+                row.peer.as_deref(),
+                Some(format!("10.0.0.{i}:{}", 4000 + i).as_str())
+            );
+            assert_eq!(
+                row.client_identity,
+                (i % 2 == 0).then(|| format!("spiffe://t/{i}"))
+            );
+            assert_eq!(
+                row.response_body,
+                (i % 3 == 0).then(|| bytes::Bytes::from(format!("body {i}")))
+            );
+        }
+        tasks.shutdown().await;
+    }
+
+    #[test]
+    fn peers_are_written_as_display_writes_them() {
+        for text in [
+            "127.0.0.1:443",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:8443",
+            "[fe80::1%2]:1",
+        ] {
+            let addr: std::net::SocketAddr = text.parse().unwrap();
+            let mut out = String::from("stale");
+            out.clear();
+            write_peer(&mut out, addr);
+            assert_eq!(out, addr.to_string());
+        }
     }
 
     #[tokio::test]
