@@ -200,8 +200,13 @@ pub type Peer = Arc<UpstreamGroup>;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Hop-by-hop headers that never cross a proxy.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// How many names [`HOP_BY_HOP`] holds.
+const HOP_COUNT: usize = 9;
+
+/// Hop-by-hop headers that never cross a proxy. A static rather than a
+/// constant, so that the loops below read one array instead of building a
+/// fresh one at every use.
+static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -216,25 +221,39 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names. Upgrade requests keep `Connection: upgrade` and `Upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of these, or only `connection`. Looking at
-    // the few names present is cheaper than hashing all nine for removal.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One look at the few names present finds which of the nine to remove;
+    // most messages carry none of them, or only `connection`, and removing
+    // an absent name costs as much as removing a present one.
+    let mut present = [false; HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    let named: Vec<String> = headers
+    // Names `Connection` lists besides the hop-by-hop ones removed anyway
+    // (`keep-alive`, `upgrade`...) and `close`, which names no header.
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "upgrade")
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
     for name in named {
-        headers.remove(name.as_str());
-    }
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+    let mut upgrade = None;
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        let removed = headers.remove(name);
+        if name == header::UPGRADE {
+            upgrade = removed;
+        }
     }
     if keep_upgrade {
         if let Some(u) = upgrade {
@@ -384,7 +403,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
         let mut headers = map(&[
-            ("connection", "keep-alive, X-Trace"),
+            ("connection", "keep-alive, X-Trace, close"),
             ("x-trace", "1"),
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
@@ -393,6 +412,19 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut headers, false);
         assert_eq!(names(&headers), ["accept"]);
+    }
+
+    #[test]
+    fn every_value_of_every_connection_header_counts() {
+        let mut headers = map(&[
+            ("connection", "x-one"),
+            ("connection", " , X-TWO ,"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("x-three", "3"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(names(&headers), ["x-three"]);
     }
 
     #[test]

@@ -244,7 +244,7 @@ impl ProxyHttp for MtlsProxy {
             kind: Kind::Request,
             route: ctx.route.as_ref().map(|r| r.name.clone()),
             upstream: ex.upstream,
-            method: Some(ex.method.as_str().to_owned()),
+            method: Some(ex.method),
             path: Some(ex.uri.path().to_owned()),
             query: ex.uri.query().map(str::to_owned),
             status: ex.status.map(|s| s.as_u16()),
@@ -254,7 +254,7 @@ impl ProxyHttp for MtlsProxy {
                 .and_then(|t| t.identity.as_ref())
                 .map(|i| i.primary().to_owned()),
             peer: Some(ex.conn.peer),
-            tls_version: tls.map(|t| t.version.to_owned()),
+            tls_version: tls.map(|t| t.version),
             sni: tls.and_then(|t| t.sni.clone()),
             error: ex.error.map(|e| e.kind.reason().to_owned()),
             request_headers: ctx.request_headers.unwrap_or_default(),

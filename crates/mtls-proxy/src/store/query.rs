@@ -687,7 +687,7 @@ mod tests {
         rec.duration = Duration::from_micros(12_345);
         rec.route = Some("api".into());
         rec.upstream = Some("10.1.2.3:8080".into());
-        rec.method = Some("POST".into());
+        rec.method = Some(http::Method::POST);
         rec.path = Some("/v1/items".into());
         rec.query = Some("page=2".into());
         rec.status = Some(201);
@@ -695,7 +695,7 @@ mod tests {
         rec.bytes_out = 22;
         rec.client_identity = Some("spiffe://corp/web".into());
         rec.peer = Some("[::1]:4433".parse().unwrap());
-        rec.tls_version = Some("TLSv1.3".into());
+        rec.tls_version = Some("TLSv1.3");
         rec.sni = Some("api.corp".into());
         rec.error = None;
         rec.request_headers =
@@ -715,14 +715,14 @@ mod tests {
         assert_eq!(row.kind, Kind::Request);
         assert_eq!(row.route.as_deref(), Some("api"));
         assert_eq!(row.upstream.as_deref(), Some("10.1.2.3:8080"));
-        assert_eq!(row.method, rec.method);
+        assert_eq!(row.method.as_deref(), Some("POST"));
         assert_eq!(row.path, rec.path);
         assert_eq!(row.query, rec.query);
         assert_eq!(row.status, Some(201));
         assert_eq!((row.bytes_in, row.bytes_out), (11, 22));
         assert_eq!(row.client_identity, rec.client_identity);
         assert_eq!(row.peer.as_deref(), Some("[::1]:4433"));
-        assert_eq!(row.tls_version, rec.tls_version);
+        assert_eq!(row.tls_version.as_deref(), Some("TLSv1.3"));
         assert_eq!(row.sni.as_deref(), Some("api.corp"));
         assert_eq!(row.error, None);
         assert_eq!(

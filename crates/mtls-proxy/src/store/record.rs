@@ -95,7 +95,7 @@ pub struct Record {
     /// The upstream address the request was sent to, if any.
     pub upstream: Option<Arc<str>>,
     /// HTTP method.
-    pub method: Option<String>,
+    pub method: Option<http::Method>,
     /// Request path without the query string.
     pub path: Option<String>,
     /// Query string without the leading `?`.
@@ -111,7 +111,7 @@ pub struct Record {
     /// The client's remote address.
     pub peer: Option<SocketAddr>,
     /// Negotiated TLS version, e.g. `TLSv1.3`.
-    pub tls_version: Option<String>,
+    pub tls_version: Option<&'static str>,
     /// The server name the client asked for in its TLS handshake.
     pub sni: Option<String>,
     /// Why the exchange failed, as a stable reason such as

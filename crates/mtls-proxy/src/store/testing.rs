@@ -20,7 +20,7 @@ pub(crate) async fn start(config: &StoreConfig) -> (Recorder, StoreTasks) {
 /// A plain GET record for `path`, starting now.
 pub(crate) fn request(path: &str) -> Record {
     let mut rec = Record::new(Kind::Request);
-    rec.method = Some("GET".to_owned());
+    rec.method = Some(http::Method::GET);
     rec.path = Some(path.to_owned());
     rec.status = Some(200);
     rec
