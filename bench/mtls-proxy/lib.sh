@@ -40,6 +40,17 @@ ensure_tools() {
     [[ -x $PROXY_BIN ]] || die "no release binary at $PROXY_BIN"
 }
 
+# Fails unless every given loopback port is free, so that a server left
+# over from another run cannot stand in for one this script starts.
+ports_free() { # port...
+    local port
+    for port in "$@"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            die "port $port is already in use; stop what listens there or set PORT_BASE"
+        fi
+    done
+}
+
 # Waits until something accepts TCP connections on a loopback port.
 wait_port() {
     local port=$1 i
