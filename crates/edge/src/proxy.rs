@@ -234,16 +234,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     // Names `Connection` lists besides the hop-by-hop ones removed anyway
-    // (`keep-alive`, `upgrade`...) and `close`, which names no header.
+    // (`keep-alive`, `upgrade`...) and `close`, which names no header. Those
+    // are nearly all it ever lists, so they are recognised as text before
+    // anything is parsed into a header name.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("close"))
+        .filter(|t| !t.is_empty() && !removed_anyway(t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
     for name in named {
         headers.remove(name);
@@ -261,6 +262,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
     }
+}
+
+/// Whether a `Connection` token needs no removal of its own: `close`, or a
+/// header [`strip_hop_by_hop`] removes in any case.
+fn removed_anyway(token: &str) -> bool {
+    token.eq_ignore_ascii_case("close")
+        || HOP_BY_HOP
+            .iter()
+            .any(|name| name.as_str().eq_ignore_ascii_case(token))
 }
 
 /// What a plain reverse proxy does to request headers: hop-by-hop headers
@@ -403,7 +413,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
         let mut headers = map(&[
-            ("connection", "keep-alive, X-Trace, close"),
+            ("connection", "Keep-Alive, X-Trace, close, TE"),
             ("x-trace", "1"),
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
