@@ -7,13 +7,22 @@
 //! a request never waits behind another one's body; a pooled connection
 //! found closed when a request is handed to it is replaced by a new one and
 //! the request sent again (it never left).
+//!
+//! No task of its own runs a connection. The request using it drives its
+//! I/O: [`UpstreamGroup::send`] until the response head arrives, then the
+//! response body ([`PooledBody`]) as it is read. Request, response and body
+//! thus never cross from one task to another, which saves a good part of
+//! the cost of proxying a small request. An idle connection is driven by
+//! nobody; the next request that takes it sees a close that arrived in the
+//! meantime, and the pool's reaper closes those that stay idle.
 
 use std::fmt;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -108,6 +117,61 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
+/// The future doing one upstream connection's I/O: writing requests,
+/// reading responses and, after a `101` answer, handing the stream over to
+/// the upgrade.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
+
+/// An open upstream connection: the handle requests go through and the
+/// future that does its I/O, run by whichever request holds it.
+struct Conn {
+    sender: SendRequest<Body>,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
+}
+
+impl Conn {
+    /// Runs the connection's I/O as far as it can go now, with `cx` woken
+    /// when it can go further. False once the connection has ended.
+    ///
+    /// An ended driver is dropped at once: that closes the stream and fails
+    /// any request still queued on it, handing that request back.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(driver) = &mut self.driver {
+            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+                self.driver = None;
+            }
+        }
+        self.driver.is_some()
+    }
+
+    /// Whether the connection can take another request now. A response
+    /// read to the end usually leaves it ready; when it is not (the
+    /// upstream answered before the request body was all sent, say), it is
+    /// not worth keeping.
+    fn reusable(&mut self) -> bool {
+        if self.driver.is_some() && self.sender.is_ready() {
+            return true;
+        }
+        self.drive(&mut Context::from_waker(Waker::noop())) && self.sender.is_ready()
+    }
+
+    /// Hands a connection that answered `101` to a task of its own, which
+    /// gives the stream to the upgrade and ends.
+    fn release_to_upgrade(&mut self) {
+        if let Some(driver) = self.driver.take() {
+            tokio::spawn(async move {
+                if let Err(e) = driver.await {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+            });
+        }
+    }
+}
+
 /// Idle connections of one target, most recently used last.
 struct Pool {
     idle: Mutex<Vec<Idle>>,
@@ -118,30 +182,28 @@ struct Pool {
 }
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
 impl Pool {
     /// The most recently used connection that still works, if any.
-    async fn take(&self) -> Option<SendRequest<Body>> {
+    fn take(&self) -> Option<Conn> {
         loop {
             let idle = self.lock().pop()?;
-            if idle.sender.is_closed() || idle.since.elapsed() > self.idle_timeout {
+            if idle.conn.driver.is_none()
+                || idle.conn.sender.is_closed()
+                || idle.since.elapsed() > self.idle_timeout
+            {
                 continue;
             }
-            let mut sender = idle.sender;
-            // Connections come back only once their response was read to
-            // the end, so this is at most a moment's wait; an error means
-            // the connection is going away.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
-            }
+            return Some(idle.conn);
         }
     }
 
-    fn put(self: &Arc<Self>, sender: SendRequest<Body>) {
-        if sender.is_closed() {
+    /// Keeps `conn` for the next request, if it can take one.
+    fn put(self: &Arc<Self>, mut conn: Conn) {
+        if !conn.reusable() {
             return;
         }
         let now = Instant::now();
@@ -149,7 +211,7 @@ impl Pool {
             let mut idle = self.lock();
             Self::expire(&mut idle, now, self.idle_timeout);
             if idle.len() < self.max_idle {
-                idle.push(Idle { sender, since: now });
+                idle.push(Idle { conn, since: now });
             }
         }
         if !self.reaper.load(Ordering::Relaxed) && !self.reaper.swap(true, Ordering::Relaxed) {
@@ -167,8 +229,9 @@ impl Pool {
         idle.drain(..expired);
     }
 
-    /// Closes expired connections even when no request comes along to do
-    /// it, checking twice per idle timeout; ends with the pool.
+    /// Closes expired connections, and those the upstream closed, even when
+    /// no request comes along to do it, checking twice per idle timeout;
+    /// ends with the pool.
     fn start_reaper(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.reaper.store(false, Ordering::Relaxed);
@@ -180,7 +243,12 @@ impl Pool {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
-                Self::expire(&mut pool.lock(), Instant::now(), pool.idle_timeout);
+                let mut idle = pool.lock();
+                Self::expire(&mut idle, Instant::now(), pool.idle_timeout);
+                // Nothing waits on an idle connection; running it once
+                // reads a close that arrived and ends it.
+                let mut cx = Context::from_waker(Waker::noop());
+                idle.retain_mut(|c| c.conn.drive(&mut cx));
             }
         });
     }
@@ -227,12 +295,15 @@ impl fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
-/// A response body that hands its connection back to the pool once it has
-/// been read to the end. Dropped early, it closes the connection instead:
-/// what is left of the body would still be on the wire.
+/// A response body that drives its connection while it is read and hands
+/// the connection back to the pool once it has been read to the end.
+/// Dropped early, it closes the connection instead: what is left of the
+/// body would still be on the wire.
 pub struct PooledBody {
     inner: Incoming,
-    conn: Option<(SendRequest<Body>, Arc<Pool>)>,
+    /// `None` after an upgrade (the connection runs on its own) and once
+    /// the connection went back to the pool or failed.
+    conn: Option<(Conn, Arc<Pool>)>,
 }
 
 impl fmt::Debug for PooledBody {
@@ -245,8 +316,8 @@ impl fmt::Debug for PooledBody {
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.conn.take() {
-            pool.put(sender);
+        if let Some((conn, pool)) = self.conn.take() {
+            pool.put(conn);
         }
     }
 }
@@ -256,13 +327,30 @@ impl HttpBody for PooledBody {
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = self.get_mut();
+        let polled = match &mut this.conn {
+            Some((conn, _)) => {
+                // Body data arrives only when the connection is driven, and
+                // it is driven here: the body channel needs no waker, and
+                // not registering one spares this task waking itself. What
+                // an earlier drive left in the channel comes first.
+                let mut idle = Context::from_waker(Waker::noop());
+                match Pin::new(&mut this.inner).poll_frame(&mut idle) {
+                    Poll::Pending => {
+                        conn.drive(cx);
+                        Pin::new(&mut this.inner).poll_frame(&mut idle)
+                    }
+                    ready => ready,
+                }
+            }
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+        };
         match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Err(_))) => self.conn = None,
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}
         }
         polled
@@ -428,20 +516,42 @@ impl UpstreamGroup {
         let target = &self.targets[index];
         let mut req = req;
         loop {
-            let (mut sender, pooled) = match target.pool.take().await {
-                Some(sender) => (sender, true),
+            let (mut conn, pooled) = match target.pool.take() {
+                Some(conn) => (conn, true),
                 // Boxed: the connect future (TCP, TLS, handshake) is large,
                 // and keeping it out of this one saves copying it with every
                 // request that reuses a connection.
                 None => (Box::pin(self.connect(target)).await?, false),
             };
-            match sender.try_send_request(req).await {
+            // The response arrives only while the connection is driven, and
+            // that happens right here, so the response future is polled
+            // without a waker (see `PooledBody::poll_frame`). Unconstrained,
+            // so that tokio's budget cannot make it wait for a wake-up that
+            // would never come.
+            let mut response = pin!(tokio::task::unconstrained(
+                conn.sender.try_send_request(req)
+            ));
+            let sent = poll_fn(|cx| {
+                let alive = conn.drive(cx);
+                let mut idle = Context::from_waker(Waker::noop());
+                match response.as_mut().poll(&mut idle) {
+                    Poll::Pending if !alive => response.as_mut().poll(cx),
+                    polled => polled,
+                }
+            })
+            .await;
+            match sent {
                 Ok(resp) => {
-                    let keep = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+                    let pool = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        conn.release_to_upgrade();
+                        None
+                    } else {
+                        Some((conn, target.pool.clone()))
+                    };
                     let (parts, body) = resp.into_parts();
                     let body = PooledBody {
                         inner: body,
-                        conn: keep.then(|| (sender, target.pool.clone())),
+                        conn: pool,
                     };
                     return Ok(Response::from_parts(parts, body));
                 }
@@ -457,8 +567,8 @@ impl UpstreamGroup {
     }
 
     /// Opens a connection to `target` (TCP, then TLS for `https://`) within
-    /// the connect timeout and starts driving it.
-    async fn connect(&self, target: &Upstream) -> Result<SendRequest<Body>, SendError> {
+    /// the connect timeout.
+    async fn connect(&self, target: &Upstream) -> Result<Conn, SendError> {
         let timeout = self.settings.connect_timeout;
         let open = async {
             let tcp = TcpStream::connect(target.addr.as_str())
@@ -519,10 +629,10 @@ impl UpstreamGroup {
     }
 }
 
-/// Starts HTTP/1.1 on an open stream and spawns the task that drives it.
-async fn handshake<S>(stream: S) -> Result<SendRequest<Body>, SendError>
+/// Starts HTTP/1.1 on an open stream.
+async fn handshake<S>(stream: S) -> Result<Conn, SendError>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let (sender, conn) = http1::Builder::new()
         // One flattened write per message measured about a microsecond
@@ -531,12 +641,10 @@ where
         .handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Http)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("upstream connection ended: {e}");
-        }
-    });
-    Ok(sender)
+    Ok(Conn {
+        sender,
+        driver: Some(Box::pin(conn.with_upgrades())),
+    })
 }
 
 #[cfg(test)]
@@ -557,6 +665,9 @@ mod tests {
         /// `200 ok`, then closing the connection without saying so first,
         /// like a server whose keep-alive timeout just ran out.
         OkThenClose,
+        /// `200 ok`, then closing the connection a moment later, once the
+        /// proxy has put it back in its pool.
+        OkThenCloseLater,
         /// `204`, no body.
         NoContent,
         /// Announces a large body and sends only part of it.
@@ -580,7 +691,7 @@ mod tests {
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
                             let reply: &[u8] = match answer {
-                                Answer::Ok | Answer::OkThenClose => {
+                                Answer::Ok | Answer::OkThenClose | Answer::OkThenCloseLater => {
                                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                                 }
                                 Answer::NoContent => b"HTTP/1.1 204 No Content\r\n\r\n",
@@ -591,8 +702,13 @@ mod tests {
                             if s.write_all(reply).await.is_err() {
                                 return;
                             }
-                            if matches!(answer, Answer::OkThenClose) {
-                                return;
+                            match answer {
+                                Answer::OkThenClose => return,
+                                Answer::OkThenCloseLater => {
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    return;
+                                }
+                                _ => {}
                             }
                         }
                         match s.read(&mut chunk).await {
@@ -669,6 +785,58 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_comes_before_the_request_body_ends_is_not_followed_on_its_connection() {
+        use futures_util::StreamExt;
+        // The backend answers on the request head alone, while the request
+        // body is still being sent; that connection is busy until the body
+        // ends, which here it never does.
+        let (url, accepted) = backend(Answer::Ok).await;
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        let endless = futures_util::stream::iter([Ok::<_, crate::body::BoxError>(Frame::data(
+            Bytes::from_static(b"part"),
+        ))])
+        .chain(futures_util::stream::pending());
+        let req = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header(http::header::HOST, "backend")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(endless)))
+            .unwrap();
+        let resp = g.send(0, req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let resp = tokio::time::timeout(Duration::from_secs(5), g.send(0, get("/")))
+            .await
+            .expect("the next request waited behind the unfinished upload")
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_is_let_go_before_it_expires() {
+        // The reaper looks every half idle timeout; the one that closed goes
+        // at its first look, the healthy one stays until it expires.
+        let settings = UpstreamSettings {
+            idle_timeout: Duration::from_millis(1000),
+            ..Default::default()
+        };
+        let (closing, _) = backend(Answer::OkThenCloseLater).await;
+        let (healthy, _) = backend(Answer::Ok).await;
+        let g = UpstreamGroup::new("g", &[closing, healthy], settings).unwrap();
+        for i in 0..2 {
+            let resp = g.send(i, get("/")).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+        }
+        let idle = |i: usize| g.targets()[i].pool.lock().len();
+        assert_eq!(idle(0), 1);
+        assert_eq!(idle(1), 1);
+        tokio::time::sleep(Duration::from_millis(750)).await;
+        assert_eq!(idle(0), 0, "the closed connection is still pooled");
+        assert_eq!(idle(1), 1, "the healthy connection was let go early");
     }
 
     #[tokio::test]
