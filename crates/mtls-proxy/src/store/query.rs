@@ -249,51 +249,66 @@ fn parse_timestamp(text: &str) -> Option<SystemTime> {
     }
 }
 
+/// The lowest status the status index holds (migration 3): successes are
+/// found through the time index.
+const INDEXED_STATUS: i64 = 300;
+
 /// The columns every query reads, in the order [`decode_row`] expects.
 const COLUMNS: &str = "SELECT id, ts, duration_us, kind, route, upstream, method, path, query, \
      status, bytes_in, bytes_out, client_identity, peer, tls_version, error, body_encoding, \
      truncated, request_headers, response_headers, request_body, response_body, sni \
      FROM exchanges";
 
+/// The query for `filter` after `head` (the columns, or a query plan's
+/// prefix and the columns).
+fn select<'a>(head: &str, filter: &'a Filter) -> QueryBuilder<'a, Sqlite> {
+    let mut sql = QueryBuilder::<Sqlite>::new(head);
+    sql.push(" WHERE 1 = 1");
+    if let Some(since) = filter.since {
+        sql.push(" AND ts >= ").push_bind(to_micros(since));
+    }
+    if let Some(until) = filter.until {
+        sql.push(" AND ts < ").push_bind(to_micros(until));
+    }
+    if let Some(status) = filter.status {
+        let (low, high) = status.range();
+        sql.push(" AND status >= ").push_bind(low);
+        sql.push(" AND status < ").push_bind(high);
+        if low >= INDEXED_STATUS {
+            // The status index holds these statuses only; SQLite uses it
+            // when the query says so in as many words (see migration 3).
+            sql.push(" AND status >= 300");
+        }
+    }
+    if let Some(route) = &filter.route {
+        sql.push(" AND route = ").push_bind(route.clone());
+    }
+    if let Some(identity) = &filter.identity {
+        if identity.contains(['*', '?', '[']) {
+            sql.push(" AND client_identity GLOB ")
+                .push_bind(identity.clone());
+        } else {
+            sql.push(" AND client_identity = ")
+                .push_bind(identity.clone());
+        }
+    }
+    if let Some(glob) = &filter.path_glob {
+        sql.push(" AND path GLOB ").push_bind(glob.clone());
+    }
+    if let Some(kind) = filter.kind {
+        sql.push(" AND kind = ").push_bind(kind.as_str());
+    }
+    let limit = filter.limit.min(MAX_LIMIT);
+    sql.push(" ORDER BY ts DESC, id DESC LIMIT ")
+        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    sql
+}
+
 impl Store {
     /// Returns the rows matching `filter`, newest first, with bodies
     /// decompressed. Runs on the read-only pool, so it never delays writes.
     pub async fn query(&self, filter: &Filter) -> Result<Vec<RecordRow>, StoreError> {
-        let mut sql = QueryBuilder::<Sqlite>::new(COLUMNS);
-        sql.push(" WHERE 1 = 1");
-        if let Some(since) = filter.since {
-            sql.push(" AND ts >= ").push_bind(to_micros(since));
-        }
-        if let Some(until) = filter.until {
-            sql.push(" AND ts < ").push_bind(to_micros(until));
-        }
-        if let Some(status) = filter.status {
-            let (low, high) = status.range();
-            sql.push(" AND status >= ").push_bind(low);
-            sql.push(" AND status < ").push_bind(high);
-        }
-        if let Some(route) = &filter.route {
-            sql.push(" AND route = ").push_bind(route.clone());
-        }
-        if let Some(identity) = &filter.identity {
-            if identity.contains(['*', '?', '[']) {
-                sql.push(" AND client_identity GLOB ")
-                    .push_bind(identity.clone());
-            } else {
-                sql.push(" AND client_identity = ")
-                    .push_bind(identity.clone());
-            }
-        }
-        if let Some(glob) = &filter.path_glob {
-            sql.push(" AND path GLOB ").push_bind(glob.clone());
-        }
-        if let Some(kind) = filter.kind {
-            sql.push(" AND kind = ").push_bind(kind.as_str());
-        }
-        let limit = filter.limit.min(MAX_LIMIT);
-        sql.push(" ORDER BY ts DESC, id DESC LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-
+        let mut sql = select(COLUMNS, filter);
         let rows = sql
             .build()
             .fetch_all(&self.inner.reader)
@@ -605,6 +620,15 @@ mod tests {
             .await,
             ["/admin/x"]
         );
+        // Successes are not in the status index; they are found all the same.
+        assert_eq!(
+            run(Filter {
+                status: Some(StatusFilter::Class(2)),
+                ..Filter::default()
+            })
+            .await,
+            ["/v1/users"]
+        );
         assert_eq!(
             run(Filter {
                 route: Some("api".to_owned()),
@@ -675,6 +699,41 @@ mod tests {
         assert_eq!(handshake.error.as_deref(), Some("tls:unknown_issuer"));
         assert_eq!(handshake.peer.as_deref(), Some("10.0.0.9:5555"));
         assert_eq!(handshake.status, None);
+        tasks.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn searches_for_errors_use_the_status_index() {
+        let (_dir, cfg) = temp_config();
+        let (recorder, tasks) = start(&cfg).await;
+        let store = recorder.store().unwrap();
+        let plan = |filter: Filter| async move {
+            let rows: Vec<(i64, i64, i64, String)> =
+                select("EXPLAIN QUERY PLAN SELECT id FROM exchanges", &filter)
+                    .build_query_as()
+                    .fetch_all(&store.inner.reader)
+                    .await
+                    .unwrap();
+            rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
+        };
+        for status in [
+            StatusFilter::Class(5),
+            StatusFilter::Exact(404),
+            StatusFilter::Class(3),
+        ] {
+            let p = plan(Filter {
+                status: Some(status),
+                ..Filter::default()
+            })
+            .await;
+            assert!(p.contains("exchanges_status_ts"), "{status}: {p}");
+        }
+        let p = plan(Filter {
+            status: Some(StatusFilter::Class(2)),
+            ..Filter::default()
+        })
+        .await;
+        assert!(!p.contains("exchanges_status_ts"), "2xx: {p}");
         tasks.shutdown().await;
     }
 

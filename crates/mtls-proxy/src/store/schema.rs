@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/0001_exchanges.sql"),
     ),
     (2, "sni", include_str!("migrations/0002_sni.sql")),
+    (
+        3,
+        "status index",
+        include_str!("migrations/0003_status_index.sql"),
+    ),
 ];
 
 /// Page size of new databases, in bytes.
@@ -287,6 +292,46 @@ mod tests {
         assert_eq!(handshake.path, None);
         assert_eq!(request.path.as_deref(), Some("/v1"));
         assert_eq!(request.sni, None);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn version_three_keeps_only_redirects_and_errors_in_the_status_index() {
+        let (_dir, cfg) = temp_config();
+        let pool = open_writer(&cfg.path, &cfg).await.unwrap();
+        Migrator::new(EmbeddedMigrations(&MIGRATIONS[..2]))
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO exchanges (ts, duration_us, kind, path, status) VALUES \
+             (1, 0, 'request', '/ok', 200), (2, 0, 'request', '/moved', 301), \
+             (3, 0, 'request', '/down', 503), (4, 0, 'handshake', NULL, NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = Store::open(&cfg).await.unwrap();
+        let indexed: Vec<String> = sqlx::query_scalar(
+            "SELECT path FROM exchanges INDEXED BY exchanges_status_ts \
+             WHERE status >= 300 ORDER BY status",
+        )
+        .fetch_all(&store.inner.reader)
+        .await
+        .unwrap();
+        assert_eq!(indexed, ["/moved", "/down"]);
+        let definition: String =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'exchanges_status_ts'")
+                .fetch_one(&store.inner.reader)
+                .await
+                .unwrap();
+        assert!(definition.ends_with("WHERE status >= 300"), "{definition}");
+        let rows = store.query(&crate::store::Filter::default()).await.unwrap();
+        assert_eq!(rows.len(), 4, "no row was lost");
         store.close().await;
     }
 
