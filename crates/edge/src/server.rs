@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::{self, Body, BoxError, Tap, Tapped};
@@ -302,29 +302,30 @@ impl<P: ProxyHttp> Server<P> {
         });
         let connection = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
-        let mut stop = self.shutting_down.subscribe();
-        let idle = self.settings.idle_timeout;
-        let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut watch = IdleWatch::new();
+        // The shutdown signal and the idle clock are watched by a task of
+        // their own, which says when to close. Polled here, they would be
+        // polled again at every wake-up of the connection, several times
+        // per request.
+        let (close_tx, mut close) = oneshot::channel();
+        tokio::spawn(watch_connection(
+            self.shutting_down.subscribe(),
+            activity,
+            self.settings.idle_timeout,
+            close_tx,
+        ));
         let mut closing = false;
         loop {
-            let check = tokio::time::sleep(every);
             tokio::select! {
+                biased;
                 result = connection.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!("connection ended with an error: {e}");
                     }
                     break;
                 }
-                _ = stop.wait_for(|s| *s), if !closing => {
+                _ = &mut close, if !closing => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
-                }
-                _ = check, if !closing => {
-                    if watch.idle_for(&activity) >= idle {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
                 }
             }
         }
@@ -724,6 +725,31 @@ impl Activity {
     fn touch(&self) {
         self.ops.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Tells a connection to close, through `close`, once the server shuts
+/// down or the connection has been idle for `idle`; ends without a word
+/// when the connection ends first.
+async fn watch_connection(
+    mut stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+    idle: Duration,
+    mut close: oneshot::Sender<()>,
+) {
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut watch = IdleWatch::new();
+    loop {
+        tokio::select! {
+            _ = close.closed() => return,
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(every) => {
+                if watch.idle_for(&activity) >= idle {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = close.send(());
 }
 
 /// The idle check's view of an [`Activity`]: when it last saw it change.

@@ -213,6 +213,7 @@ impl Recorder {
             flush_interval: config.flush_interval,
             warn: WarnLimiter::new(WARN_EVERY),
             peer: String::new(),
+            next_probe: Instant::now(),
             insert_one: insert_sql(1),
             insert_many: insert_sql(ROWS_PER_INSERT),
         };
@@ -428,6 +429,10 @@ struct Writer {
     warn: WarnLimiter,
     /// Reused for every row.
     peer: String,
+    /// While the database fails, no probe before this: one failure is
+    /// followed by the next try a full probe interval later, even when the
+    /// writer wakes sooner.
+    next_probe: Instant,
     /// The SQL of the single-row and the multi-row insert.
     insert_one: String,
     insert_many: String,
@@ -457,7 +462,9 @@ impl Writer {
                     match self.rx.try_recv() {
                         Err(TryRecvError::Disconnected) => break,
                         Err(TryRecvError::Empty) => {
-                            if !self.store.health_state().is_writable() {
+                            if !self.store.health_state().is_writable()
+                                && Instant::now() >= self.next_probe
+                            {
                                 self.probe();
                             }
                             continue;
@@ -559,6 +566,7 @@ impl Writer {
                 store.health_state().mark_ok();
             }
             Err(e) => {
+                self.next_probe = Instant::now() + PROBE_INTERVAL;
                 // The batch is given up rather than retried: a database that
                 // is full or read-only stays so for longer than the queue can
                 // hold, and holding on to rows would only delay the newest.
@@ -637,7 +645,10 @@ impl Writer {
                 tracing::info!("the recording database is writable again");
                 store.health_state().mark_ok();
             }
-            Err(e) => store.health_state().mark_failed(e.to_string()),
+            Err(e) => {
+                self.next_probe = Instant::now() + PROBE_INTERVAL;
+                store.health_state().mark_failed(e.to_string());
+            }
         }
         store.refresh_size();
     }
