@@ -1,4 +1,4 @@
-# Shared by the mtls-proxy benchmarks (`run`, `instructions`): tools,
+# Shared by the mtls-proxy benchmarks (`run`, `instructions`, `ab`): tools,
 # certificates and the configurations of both proxies and the backend.
 # Callers set HERE, ROOT, CARGO_TARGET_DIR and PORT_BASE, and W (the work
 # directory) before writing certificates or configurations.
@@ -32,6 +32,8 @@ ensure_tools() {
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
     oha --version >/dev/null || die "oha does not run"
+    # `ab` brings its own binaries.
+    [[ ${OWN_BINARIES:-} == 1 ]] && return
     if [[ ${NO_BUILD:-} != 1 ]]; then
         log "building mtls-proxy (release)"
         (cd "$ROOT" && cargo build --release -q -p mtls-proxy) >&2

@@ -7,22 +7,13 @@
 //! a request never waits behind another one's body; a pooled connection
 //! found closed when a request is handed to it is replaced by a new one and
 //! the request sent again (it never left).
-//!
-//! No task of its own runs a connection. The request using it drives its
-//! I/O: [`UpstreamGroup::send`] until the response head arrives, then the
-//! response body ([`PooledBody`]) as it is read. Request, response and body
-//! thus never cross from one task to another, which saves a good part of
-//! the cost of proxying a small request. An idle connection is driven by
-//! nobody; the next request that takes it sees a close that arrived in the
-//! meantime, and the pool's reaper closes those that stay idle.
 
 use std::fmt;
-use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -117,60 +108,9 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
-/// The future doing one upstream connection's I/O: writing requests,
-/// reading responses and, after a `101` answer, handing the stream over to
-/// the upgrade.
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
-
-/// An open upstream connection: the handle requests go through and the
-/// future that does its I/O, run by whichever request holds it.
-struct Conn {
-    sender: SendRequest<Body>,
-    /// `None` once the connection has ended.
-    driver: Option<Driver>,
-}
-
-impl Conn {
-    /// Runs the connection's I/O as far as it can go now, with `cx` woken
-    /// when it can go further. False once the connection has ended.
-    ///
-    /// An ended driver is dropped at once: that closes the stream and fails
-    /// any request still queued on it, handing that request back.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(driver) = &mut self.driver {
-            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!("upstream connection ended: {e}");
-                }
-                self.driver = None;
-            }
-        }
-        self.driver.is_some()
-    }
-
-    /// Whether the connection can take another request now. A response
-    /// read to the end usually leaves it ready; when it is not (the
-    /// upstream answered before the request body was all sent, say), it is
-    /// not worth keeping.
-    fn reusable(&mut self) -> bool {
-        if self.driver.is_some() && self.sender.is_ready() {
-            return true;
-        }
-        self.drive(&mut Context::from_waker(Waker::noop())) && self.sender.is_ready()
-    }
-
-    /// Hands a connection that answered `101` to a task of its own, which
-    /// gives the stream to the upgrade and ends.
-    fn release_to_upgrade(&mut self) {
-        if let Some(driver) = self.driver.take() {
-            tokio::spawn(async move {
-                if let Err(e) = driver.await {
-                    tracing::debug!("upstream connection ended: {e}");
-                }
-            });
-        }
-    }
-}
+/// How long a pooled connection may take to be ready for its next request
+/// before the request goes elsewhere (see [`Pool::take`]).
+const CATCH_UP: Duration = Duration::from_millis(100);
 
 /// Idle connections of one target, most recently used last.
 struct Pool {
@@ -182,28 +122,35 @@ struct Pool {
 }
 
 struct Idle {
-    conn: Conn,
+    sender: SendRequest<Body>,
     since: Instant,
 }
 
 impl Pool {
     /// The most recently used connection that still works, if any.
-    fn take(&self) -> Option<Conn> {
+    async fn take(&self) -> Option<SendRequest<Body>> {
         loop {
             let idle = self.lock().pop()?;
-            if idle.conn.driver.is_none()
-                || idle.conn.sender.is_closed()
-                || idle.since.elapsed() > self.idle_timeout
-            {
+            if idle.sender.is_closed() || idle.since.elapsed() > self.idle_timeout {
                 continue;
             }
-            return Some(idle.conn);
+            let mut sender = idle.sender;
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // A connection comes back once its response was read to the
+            // end; its task may take a moment more to be ready for the next
+            // request. One still busy after that is sending the body of a
+            // request the upstream answered early, and may never be done:
+            // it is let go. An error means the connection is going away.
+            if let Ok(Ok(())) = tokio::time::timeout(CATCH_UP, sender.ready()).await {
+                return Some(sender);
+            }
         }
     }
 
-    /// Keeps `conn` for the next request, if it can take one.
-    fn put(self: &Arc<Self>, mut conn: Conn) {
-        if !conn.reusable() {
+    fn put(self: &Arc<Self>, sender: SendRequest<Body>) {
+        if sender.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -211,7 +158,7 @@ impl Pool {
             let mut idle = self.lock();
             Self::expire(&mut idle, now, self.idle_timeout);
             if idle.len() < self.max_idle {
-                idle.push(Idle { conn, since: now });
+                idle.push(Idle { sender, since: now });
             }
         }
         if !self.reaper.load(Ordering::Relaxed) && !self.reaper.swap(true, Ordering::Relaxed) {
@@ -229,9 +176,9 @@ impl Pool {
         idle.drain(..expired);
     }
 
-    /// Closes expired connections, and those the upstream closed, even when
-    /// no request comes along to do it, checking twice per idle timeout;
-    /// ends with the pool.
+    /// Closes expired connections, and lets go of those the upstream
+    /// closed, even when no request comes along to do it, checking twice per
+    /// idle timeout; ends with the pool.
     fn start_reaper(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.reaper.store(false, Ordering::Relaxed);
@@ -245,10 +192,8 @@ impl Pool {
                 let Some(pool) = pool.upgrade() else { return };
                 let mut idle = pool.lock();
                 Self::expire(&mut idle, Instant::now(), pool.idle_timeout);
-                // Nothing waits on an idle connection; running it once
-                // reads a close that arrived and ends it.
-                let mut cx = Context::from_waker(Waker::noop());
-                idle.retain_mut(|c| c.conn.drive(&mut cx));
+                // Those the upstream closed in the meantime are no use.
+                idle.retain(|c| !c.sender.is_closed());
             }
         });
     }
@@ -295,15 +240,12 @@ impl fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
-/// A response body that drives its connection while it is read and hands
-/// the connection back to the pool once it has been read to the end.
-/// Dropped early, it closes the connection instead: what is left of the
-/// body would still be on the wire.
+/// A response body that hands its connection back to the pool once it has
+/// been read to the end. Dropped early, it closes the connection instead:
+/// what is left of the body would still be on the wire.
 pub struct PooledBody {
     inner: Incoming,
-    /// `None` after an upgrade (the connection runs on its own) and once
-    /// the connection went back to the pool or failed.
-    conn: Option<(Conn, Arc<Pool>)>,
+    conn: Option<(SendRequest<Body>, Arc<Pool>)>,
 }
 
 impl fmt::Debug for PooledBody {
@@ -316,8 +258,8 @@ impl fmt::Debug for PooledBody {
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((conn, pool)) = self.conn.take() {
-            pool.put(conn);
+        if let Some((sender, pool)) = self.conn.take() {
+            pool.put(sender);
         }
     }
 }
@@ -327,30 +269,13 @@ impl HttpBody for PooledBody {
     type Error = hyper::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = match &mut this.conn {
-            Some((conn, _)) => {
-                // Body data arrives only when the connection is driven, and
-                // it is driven here: the body channel needs no waker, and
-                // not registering one spares this task waking itself. What
-                // an earlier drive left in the channel comes first.
-                let mut idle = Context::from_waker(Waker::noop());
-                match Pin::new(&mut this.inner).poll_frame(&mut idle) {
-                    Poll::Pending => {
-                        conn.drive(cx);
-                        Pin::new(&mut this.inner).poll_frame(&mut idle)
-                    }
-                    ready => ready,
-                }
-            }
-            None => Pin::new(&mut this.inner).poll_frame(cx),
-        };
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Err(_))) => self.conn = None,
             _ => {}
         }
         polled
@@ -516,42 +441,20 @@ impl UpstreamGroup {
         let target = &self.targets[index];
         let mut req = req;
         loop {
-            let (mut conn, pooled) = match target.pool.take() {
-                Some(conn) => (conn, true),
+            let (mut sender, pooled) = match target.pool.take().await {
+                Some(sender) => (sender, true),
                 // Boxed: the connect future (TCP, TLS, handshake) is large,
                 // and keeping it out of this one saves copying it with every
                 // request that reuses a connection.
                 None => (Box::pin(self.connect(target)).await?, false),
             };
-            // The response arrives only while the connection is driven, and
-            // that happens right here, so the response future is polled
-            // without a waker (see `PooledBody::poll_frame`). Unconstrained,
-            // so that tokio's budget cannot make it wait for a wake-up that
-            // would never come.
-            let mut response = pin!(tokio::task::unconstrained(
-                conn.sender.try_send_request(req)
-            ));
-            let sent = poll_fn(|cx| {
-                let alive = conn.drive(cx);
-                let mut idle = Context::from_waker(Waker::noop());
-                match response.as_mut().poll(&mut idle) {
-                    Poll::Pending if !alive => response.as_mut().poll(cx),
-                    polled => polled,
-                }
-            })
-            .await;
-            match sent {
+            match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let pool = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        conn.release_to_upgrade();
-                        None
-                    } else {
-                        Some((conn, target.pool.clone()))
-                    };
+                    let keep = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
                     let (parts, body) = resp.into_parts();
                     let body = PooledBody {
                         inner: body,
-                        conn: pool,
+                        conn: keep.then(|| (sender, target.pool.clone())),
                     };
                     return Ok(Response::from_parts(parts, body));
                 }
@@ -567,8 +470,8 @@ impl UpstreamGroup {
     }
 
     /// Opens a connection to `target` (TCP, then TLS for `https://`) within
-    /// the connect timeout.
-    async fn connect(&self, target: &Upstream) -> Result<Conn, SendError> {
+    /// the connect timeout and starts driving it.
+    async fn connect(&self, target: &Upstream) -> Result<SendRequest<Body>, SendError> {
         let timeout = self.settings.connect_timeout;
         let open = async {
             let tcp = TcpStream::connect(target.addr.as_str())
@@ -629,10 +532,10 @@ impl UpstreamGroup {
     }
 }
 
-/// Starts HTTP/1.1 on an open stream.
-async fn handshake<S>(stream: S) -> Result<Conn, SendError>
+/// Starts HTTP/1.1 on an open stream and spawns the task that drives it.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Body>, SendError>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
         // One flattened write per message measured about a microsecond
@@ -641,10 +544,12 @@ where
         .handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Http)?;
-    Ok(Conn {
-        sender,
-        driver: Some(Box::pin(conn.with_upgrades())),
-    })
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("upstream connection ended: {e}");
+        }
+    });
+    Ok(sender)
 }
 
 #[cfg(test)]
