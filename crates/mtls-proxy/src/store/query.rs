@@ -277,7 +277,7 @@ fn select<'a>(head: &str, filter: &'a Filter) -> QueryBuilder<'a, Sqlite> {
         if low >= INDEXED_STATUS {
             // The status index holds these statuses only; SQLite uses it
             // when the query says so in as many words (see migration 3).
-            sql.push(" AND status >= 300");
+            sql.push(format_args!(" AND status >= {INDEXED_STATUS}"));
         }
     }
     if let Some(route) = &filter.route {

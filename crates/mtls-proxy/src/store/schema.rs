@@ -262,27 +262,33 @@ mod tests {
         assert_eq!(versions.last(), Some(&SCHEMA_VERSION));
     }
 
-    #[tokio::test]
-    async fn version_two_moves_the_server_name_of_old_handshake_rows() {
-        let (_dir, cfg) = temp_config();
-        // A file as the first schema version left it: handshakes kept the
-        // server name in `path`.
-        let pool = open_writer(&cfg.path, &cfg).await.unwrap();
-        Migrator::new(EmbeddedMigrations(&MIGRATIONS[..1]))
+    /// Leaves at `cfg.path` a database as schema version `version` left it,
+    /// holding the rows `insert` adds.
+    async fn file_at_version(cfg: &StoreConfig, version: usize, insert: &str) {
+        let pool = open_writer(&cfg.path, cfg).await.unwrap();
+        Migrator::new(EmbeddedMigrations(&MIGRATIONS[..version]))
             .await
             .unwrap()
             .run(&pool)
             .await
             .unwrap();
-        sqlx::query(
+        sqlx::query(insert).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn version_two_moves_the_server_name_of_old_handshake_rows() {
+        let (_dir, cfg) = temp_config();
+        // A file as the first schema version left it: handshakes kept the
+        // server name in `path`.
+        file_at_version(
+            &cfg,
+            1,
             "INSERT INTO exchanges (ts, duration_us, kind, path, error) VALUES \
              (1, 0, 'handshake', 'api.test', 'tls:unknown_issuer'), \
              (2, 0, 'request', '/v1', NULL)",
         )
-        .execute(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
+        .await;
 
         let store = Store::open(&cfg).await.unwrap();
         let rows = store.query(&crate::store::Filter::default()).await.unwrap();
@@ -298,22 +304,14 @@ mod tests {
     #[tokio::test]
     async fn version_three_keeps_only_redirects_and_errors_in_the_status_index() {
         let (_dir, cfg) = temp_config();
-        let pool = open_writer(&cfg.path, &cfg).await.unwrap();
-        Migrator::new(EmbeddedMigrations(&MIGRATIONS[..2]))
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
-        sqlx::query(
+        file_at_version(
+            &cfg,
+            2,
             "INSERT INTO exchanges (ts, duration_us, kind, path, status) VALUES \
              (1, 0, 'request', '/ok', 200), (2, 0, 'request', '/moved', 301), \
              (3, 0, 'request', '/down', 503), (4, 0, 'handshake', NULL, NULL)",
         )
-        .execute(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
+        .await;
 
         let store = Store::open(&cfg).await.unwrap();
         let indexed: Vec<String> = sqlx::query_scalar(
