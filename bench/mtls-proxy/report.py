@@ -94,6 +94,49 @@ def main():
         ]
         return statistics.median(per_round) if per_round else float("nan")
 
+    def thread_cpu(scenario, rnd):
+        """CPU µs per answered request of each thread, (user, system) by name."""
+        base = os.path.join(args.dir, f"threads-{scenario}-{rnd}")
+        try:
+            with open(base + ".before") as f0, open(base + ".after") as f1:
+                before, after = f0.read().splitlines(), f1.read().splitlines()
+        except FileNotFoundError:
+            return None
+        ok = next(r["ok"] for r in rounds[(scenario, "mtls-proxy")] if r["round"] == rnd)
+        per = {}
+        for line in after:
+            name, user, system = line.split("\t")
+            per.setdefault(name, [0, 0])
+            per[name][0] += int(user)
+            per[name][1] += int(system)
+        for line in before:
+            name, user, system = line.split("\t")
+            per[name][0] -= int(user)
+            per[name][1] -= int(system)
+        scale = 1e6 / tck / ok if ok else float("nan")
+        return {name: (u * scale, s * scale) for name, (u, s) in per.items()}
+
+    def recorder_line():
+        """The writer thread's share of the recording runs, per round."""
+        rows = [
+            thread_cpu("mtls_ka_rec", r["round"]) for r in rounds.get(("mtls_ka_rec", "mtls-proxy"), [])
+        ]
+        rows = [t for t in rows if t and "recorder" in t]
+        if not rows:
+            return "The recording runs have no per-thread CPU figures."
+        writer = [t["recorder"][0] + t["recorder"][1] for t in rows]
+        others = [sum(u + s for name, (u, s) in t.items() if name != "recorder") for t in rows]
+        return (
+            "Per thread, in the recording runs (CPU µs per request, from "
+            "`/proc/PID/task/*/stat`, median of the rounds): the writer thread "
+            f"(`recorder`) {statistics.median(writer):.1f} "
+            f"(user {statistics.median(t['recorder'][0] for t in rows):.1f}, "
+            f"system {statistics.median(t['recorder'][1] for t in rows):.1f}), "
+            f"the proxy's other threads {statistics.median(others):.1f}. Rounds, writer / others: "
+            + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(writer, others))
+            + "."
+        )
+
     out = []
     w = out.append
     w(f"Command: `{args.command}`")
@@ -229,6 +272,8 @@ def main():
         f"{idle_pr * 1.048576:.1f} MB with recording on | {verdict(idle_p * 1.048576 < 10)} |"
     )
     w(f"| Startup under 100 ms | {sp:.1f} ms | {verdict(sp < 100)} |")
+    w("")
+    w(recorder_line())
     w("")
     w("Every round (req/s, CPU µs per request):")
     w("")
