@@ -967,6 +967,30 @@ mod tests {
         tasks.shutdown().await;
     }
 
+    /// The writer's connection skips the CHECK constraints; any other
+    /// connection to the file still enforces them.
+    #[tokio::test]
+    async fn other_connections_still_enforce_the_check_constraints() {
+        let (_dir, cfg) = temp_config();
+        let (recorder, tasks) = start(&cfg).await;
+        recorder.record(request("/fine"));
+        recorder.flush().await;
+        let other = Connection::open(&cfg.path).unwrap();
+        for values in ["(1, 1, 'bogus', 0)", "(1, 1, 'request', 7)"] {
+            let err = other
+                .execute(
+                    &format!(
+                        "INSERT INTO exchanges (ts, duration_us, kind, truncated) VALUES {values}"
+                    ),
+                    [],
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
+        }
+        assert_eq!(count_rows(recorder.store().unwrap()).await, 1);
+        tasks.shutdown().await;
+    }
+
     #[test]
     fn peers_are_written_as_display_writes_them() {
         for text in [
