@@ -34,12 +34,25 @@ ensure_tools() {
     oha --version >/dev/null || die "oha does not run"
     # `ab` brings its own binaries.
     [[ ${OWN_BINARIES:-} == 1 ]] && return
-    if [[ ${NO_BUILD:-} != 1 ]]; then
-        log "building mtls-proxy (release)"
-        (cd "$ROOT" && cargo build --release -q -p mtls-proxy) >&2
-    fi
-    PROXY_BIN="$CARGO_TARGET_DIR/release/mtls-proxy"
-    [[ -x $PROXY_BIN ]] || die "no release binary at $PROXY_BIN"
+    # BUILD=pgo (the default) measures the profile-guided build that
+    # `pgo-build` makes, BUILD=release the plain `cargo build --release`.
+    case ${BUILD:=pgo} in
+    pgo)
+        [[ ${NO_BUILD:-} == 1 ]] || "$HERE/pgo-build" >&2
+        PROXY_BIN="$CARGO_TARGET_DIR/pgo/release/mtls-proxy"
+        BUILD_NAME="release build with PGO"
+        ;;
+    release)
+        if [[ ${NO_BUILD:-} != 1 ]]; then
+            log "building mtls-proxy (release)"
+            (cd "$ROOT" && cargo build --release -q -p mtls-proxy) >&2
+        fi
+        PROXY_BIN="$CARGO_TARGET_DIR/release/mtls-proxy"
+        BUILD_NAME="release build"
+        ;;
+    *) die "BUILD is '$BUILD'; use pgo or release" ;;
+    esac
+    [[ -x $PROXY_BIN ]] || die "no mtls-proxy binary at $PROXY_BIN (BUILD=$BUILD)"
 }
 
 # Fails unless every given loopback port is free, so that a server left

@@ -142,7 +142,7 @@ def main():
     w(f"Command: `{args.command}`")
     w("")
     w(
-        f"mtls-proxy {facts['proxy_version']} (commit {facts['commit']}, release build) and nginx {facts['nginx_version']} "
+        f"mtls-proxy {facts['proxy_version']} (commit {facts['commit']}, {facts['build']}) and nginx {facts['nginx_version']} "
         f"(one worker) pinned to core 0; backend (nginx `return 200`) and oha "
         f"{facts['oha_version']} pinned to core 1, all at niceness {facts['nice']}. "
         f"Medians of {facts['rounds']} rounds of {facts['duration']} s per scenario and proxy "
