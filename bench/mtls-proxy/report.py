@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns the raw measurements of bench/mtls-proxy/run into a Markdown report.
 
-Reads `runs.tsv` (scenario, proxy, oha JSON file, CPU ticks) and `facts.tsv`
+Reads `runs.tsv` (round, scenario, proxy, oha JSON file, CPU ticks, backend
+connections accepted, load core busy %) and `facts.tsv`
 (key, value) from the work directory and prints the tables and the verdict
 on each target.
 """
@@ -61,20 +62,21 @@ def main():
     rounds = {}
     with open(os.path.join(args.dir, "runs.tsv")) as f:
         for line in f:
-            rnd, scenario, proxy, path, ticks, accepts = line.rstrip("\n").split("\t")
+            rnd, scenario, proxy, path, ticks, accepts, load_pct = line.rstrip("\n").split("\t")
             r = load(path)
             cpu_s = int(ticks) / tck
             r["round"] = int(rnd)
             r["cpu_us"] = cpu_s * 1e6 / r["ok"] if r["ok"] else float("nan")
             r["cpu_pct"] = 100 * cpu_s / r["seconds"] if r["seconds"] else 0.0
             r["upstream_conns"] = int(accepts)
+            r["load_pct"] = int(load_pct)
             rounds.setdefault((scenario, proxy), []).append(r)
     # Each figure is the median over the rounds, taken on its own.
     res = {}
     for key, rs in rounds.items():
         med = {
             f: statistics.median(r[f] for r in rs)
-            for f in ("rps", "p50", "p99", "cpu_us", "cpu_pct", "upstream_conns")
+            for f in ("rps", "p50", "p99", "cpu_us", "cpu_pct", "load_pct", "upstream_conns")
         }
         med["failed"] = sum(r["failed"] for r in rs)
         errors = {}
@@ -157,9 +159,9 @@ def main():
     w(
         "| Scenario | mtls-proxy req/s | nginx req/s | ratio | mtls-proxy p50 / p99 ms "
         "| nginx p50 / p99 ms | mtls-proxy CPU µs/req | nginx CPU µs/req | CPU ratio "
-        "| proxy core busy (mtls-proxy / nginx) | backend connections opened |"
+        "| proxy core busy (mtls-proxy / nginx) | load core busy (mtls-proxy / nginx runs) | backend connections opened |"
     )
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, label in SCENARIOS:
         m, n = res.get((key, "mtls-proxy")), res.get((key, "nginx"))
         if not m or not n:
@@ -169,6 +171,7 @@ def main():
             f"| {m['p50']:.2f} / {m['p99']:.2f} | {n['p50']:.2f} / {n['p99']:.2f} "
             f"| {m['cpu_us']:.0f} | {n['cpu_us']:.0f} | {ratio(m['cpu_us'], n['cpu_us']):.2f}x "
             f"| {m['cpu_pct']:.0f}% / {n['cpu_pct']:.0f}% "
+            f"| {m['load_pct']:.0f}% / {n['load_pct']:.0f}% "
             f"| {m['upstream_conns']:.0f} / {n['upstream_conns']:.0f} |"
         )
     failures = [
