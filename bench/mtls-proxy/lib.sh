@@ -1,5 +1,6 @@
-# Shared by the mtls-proxy benchmarks (`run`, `instructions`, `ab`): tools,
-# certificates and the configurations of both proxies and the backend.
+# Shared by the mtls-proxy benchmarks (`run`, `instructions`, `ab`,
+# `rec-ab`, `pgo-build`): tools, CPU time readings, certificates and the
+# configurations of both proxies and the backend.
 # Callers set HERE, ROOT, CARGO_TARGET_DIR and PORT_BASE, and W (the work
 # directory) before writing certificates or configurations.
 # shellcheck shell=bash
@@ -76,6 +77,22 @@ wait_port() {
         sleep 0.02
     done
     die "nothing listens on port $port"
+}
+
+# ------------------------------------------------------------ CPU time --
+
+# Busy and idle jiffies of one core, from /proc/stat ("busy idle"; busy is
+# user, nice, system, irq and softirq time).
+core_jiffies() { # core
+    awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat
+}
+
+# One line per thread of process PID: name, user ticks, system ticks.
+thread_ticks() { # pid
+    local t
+    for t in /proc/"$1"/task/*; do
+        printf '%s\t%s\n' "$(cat "$t/comm")" "$(sed 's/.*) //' "$t/stat" | awk '{print $12 "\t" $13}')"
+    done
 }
 
 # --------------------------------------------------------- certificates --
