@@ -16,6 +16,7 @@
 
 pub mod body;
 pub mod error;
+mod h1;
 pub mod identity;
 pub mod proxy;
 pub mod server;

@@ -560,16 +560,14 @@ impl<P: ProxyHttp> Server<P> {
         group.mark_ok(index);
         drop(body);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(down) = upgrade {
-                let up = hyper::upgrade::on(&mut response);
+            if let (Some(down), Some(mut up)) = (upgrade, response.body_mut().take_upgraded()) {
                 let finish = finish.clone();
                 tokio::spawn(async move {
-                    let (Ok(down), Ok(up)) = (down.await, up.await) else {
+                    let Ok(down) = down.await else {
                         tracing::debug!("upgrade did not complete");
                         return;
                     };
                     let mut down = TokioIo::new(down);
-                    let mut up = TokioIo::new(up);
                     if let Ok((to_up, to_down)) =
                         tokio::io::copy_bidirectional(&mut down, &mut up).await
                     {
@@ -626,7 +624,9 @@ fn classify_send_error(e: SendError, req_tap: &Tap) -> Error {
         SendError::Connect(_) => ErrorKind::ConnectFailed,
         SendError::ConnectTimeout(_) => ErrorKind::ConnectTimeout,
         SendError::Tls(_) => ErrorKind::UpstreamTls,
-        SendError::Http(_) => ErrorKind::UpstreamProtocol,
+        SendError::Closed(_) | SendError::Io(_) | SendError::Protocol(_) | SendError::Body(_) => {
+            ErrorKind::UpstreamProtocol
+        }
     };
     Error::new(kind, e.to_string())
 }

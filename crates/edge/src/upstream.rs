@@ -2,11 +2,12 @@
 //! pool of HTTP/1.1 connections per target (plain or TLS, with optional
 //! client certificates).
 //!
-//! The pool sits directly on hyper's connection API. A connection goes back
-//! to its target's pool when the response body has been read to the end, so
-//! a request never waits behind another one's body; a pooled connection
-//! found closed when a request is handed to it is replaced by a new one and
-//! the request sent again (it never left).
+//! A connection is driven by the task of the request using it (the private
+//! `h1` module holds the protocol), so a request costs no hand-over between tasks. It
+//! goes back to its target's pool when the response body has been read to
+//! the end, so a request never waits behind another one's body; a body-less
+//! idempotent request that finds its pooled connection closed by the
+//! upstream before any answer is sent again on a new one.
 
 use std::fmt;
 use std::io;
@@ -17,18 +18,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::error::SetupError;
+use crate::h1::{Conn, Decoder, Failure, Outgoing, Stream};
 use crate::tls::{upstream_client_config, UpstreamTlsSpec};
+
+pub use crate::h1::Upgraded;
 
 /// Timeouts and pool settings for one upstream group.
 #[derive(Debug, Clone)]
@@ -108,10 +109,6 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
-/// How long a pooled connection may take to be ready for its next request
-/// before the request goes elsewhere (see [`Pool::take`]).
-const CATCH_UP: Duration = Duration::from_millis(100);
-
 /// Idle connections of one target, most recently used last.
 struct Pool {
     idle: Mutex<Vec<Idle>>,
@@ -122,43 +119,28 @@ struct Pool {
 }
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
 impl Pool {
     /// The most recently used connection that still works, if any.
-    async fn take(&self) -> Option<SendRequest<Body>> {
+    fn take(&self) -> Option<Conn> {
         loop {
-            let idle = self.lock().pop()?;
-            if idle.sender.is_closed() || idle.since.elapsed() > self.idle_timeout {
-                continue;
-            }
-            let mut sender = idle.sender;
-            if sender.is_ready() {
-                return Some(sender);
-            }
-            // A connection comes back once its response was read to the
-            // end; its task may take a moment more to be ready for the next
-            // request. One still busy after that is sending the body of a
-            // request the upstream answered early, and may never be done:
-            // it is let go. An error means the connection is going away.
-            if let Ok(Ok(())) = tokio::time::timeout(CATCH_UP, sender.ready()).await {
-                return Some(sender);
+            let mut idle = self.lock().pop()?;
+            if idle.since.elapsed() <= self.idle_timeout && idle.conn.is_reusable() {
+                return Some(idle.conn);
             }
         }
     }
 
-    fn put(self: &Arc<Self>, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(self: &Arc<Self>, conn: Conn) {
         let now = Instant::now();
         {
             let mut idle = self.lock();
             Self::expire(&mut idle, now, self.idle_timeout);
             if idle.len() < self.max_idle {
-                idle.push(Idle { sender, since: now });
+                idle.push(Idle { conn, since: now });
             }
         }
         if !self.reaper.load(Ordering::Relaxed) && !self.reaper.swap(true, Ordering::Relaxed) {
@@ -193,7 +175,7 @@ impl Pool {
                 let mut idle = pool.lock();
                 Self::expire(&mut idle, Instant::now(), pool.idle_timeout);
                 // Those the upstream closed in the meantime are no use.
-                idle.retain(|c| !c.sender.is_closed());
+                idle.retain_mut(|c| c.conn.is_reusable());
             }
         });
     }
@@ -214,9 +196,14 @@ pub enum SendError {
     ConnectTimeout(Duration),
     /// The TLS handshake with the upstream failed.
     Tls(io::Error),
-    /// The connection failed while the request was sent or the response
-    /// head read.
-    Http(hyper::Error),
+    /// The upstream closed or reset the connection before answering.
+    Closed(io::Error),
+    /// The connection failed while the response head was being read.
+    Io(io::Error),
+    /// The response head was not valid HTTP/1.x.
+    Protocol(String),
+    /// The request body could not be read from the client.
+    Body(BoxError),
 }
 
 impl fmt::Display for SendError {
@@ -225,76 +212,125 @@ impl fmt::Display for SendError {
             SendError::Connect(e) => write!(f, "connect: {e}"),
             SendError::ConnectTimeout(t) => write!(f, "connect: timed out after {t:?}"),
             SendError::Tls(e) => write!(f, "TLS handshake: {e}"),
-            SendError::Http(e) => {
-                write!(f, "{e}")?;
-                let mut source = std::error::Error::source(e);
-                while let Some(s) = source {
-                    write!(f, ": {s}")?;
-                    source = s.source();
-                }
-                Ok(())
-            }
+            SendError::Closed(e) => write!(f, "upstream closed the connection: {e}"),
+            SendError::Io(e) => write!(f, "reading the response: {e}"),
+            SendError::Protocol(e) => write!(f, "{e}"),
+            SendError::Body(e) => write!(f, "request body: {e}"),
         }
     }
 }
 
 impl std::error::Error for SendError {}
 
-/// A response body that hands its connection back to the pool once it has
-/// been read to the end. Dropped early, it closes the connection instead:
-/// what is left of the body would still be on the wire.
+impl From<Failure> for SendError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::ClosedEarly(e) => SendError::Closed(e),
+            Failure::Io(e) => SendError::Io(e),
+            Failure::Protocol(e) => SendError::Protocol(e),
+            Failure::Body(e) => SendError::Body(e),
+        }
+    }
+}
+
+/// A response body read from its upstream connection, which goes back to
+/// the pool once the body has been read to the end. Dropped early, it closes
+/// the connection instead: what is left of the body would still be on the
+/// wire.
 pub struct PooledBody {
-    inner: Incoming,
-    conn: Option<(SendRequest<Body>, Arc<Pool>)>,
+    conn: Option<Conn>,
+    decoder: Decoder,
+    /// Where the connection goes once the body is read; `None` when it may
+    /// not be reused.
+    pool: Option<Arc<Pool>>,
 }
 
 impl fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PooledBody")
-            .field("pooled", &self.conn.is_some())
+            .field("decoder", &self.decoder)
+            .field("pooled", &self.pool.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl PooledBody {
+    /// Hands the connection back, or lets it close, once the body is over.
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.conn.take() {
-            pool.put(sender);
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
+            pool.put(conn);
         }
     }
+
+    /// For a 101 response: the connection, now carrying the upgraded
+    /// protocol. `None` for any other response, or when already taken.
+    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
+        if self.decoder != Decoder::Upgrade {
+            return None;
+        }
+        self.conn.take().map(Conn::into_upgraded)
+    }
 }
+
+/// The upstream failed in the middle of a response body.
+#[derive(Debug)]
+pub struct BodyError(String);
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "response body: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Err(_))) => self.conn = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = this.decoder.poll_data(conn, cx);
+        match polled {
+            Poll::Ready(Some(Ok(data))) => {
+                if this.decoder.is_done() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.conn = None;
+                this.decoder = Decoder::Done;
+                let text = match e {
+                    Failure::ClosedEarly(e) | Failure::Io(e) => e.to_string(),
+                    Failure::Protocol(e) => e,
+                    Failure::Body(e) => e.to_string(),
+                };
+                Poll::Ready(Some(Err(BodyError(text))))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A body with nothing in it (HEAD, 204, 304) may never be polled.
-        if self.inner.is_end_stream() {
-            self.release();
+        match self.decoder {
+            Decoder::Done | Decoder::Upgrade => SizeHint::with_exact(0),
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
         }
     }
 }
@@ -432,62 +468,75 @@ impl UpstreamGroup {
     /// query) and its headers must carry `Host`.
     ///
     /// Upgrade responses (101) keep their connection: it belongs to the
-    /// upgraded stream from then on.
+    /// upgraded stream from then on ([`PooledBody::take_upgraded`]).
     pub async fn send(
         &self,
         index: usize,
         req: Request<Body>,
     ) -> Result<Response<PooledBody>, SendError> {
         let target = &self.targets[index];
-        let mut req = req;
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut out = Outgoing::new(body);
+        // Sent again when a pooled connection turns out closed: only what
+        // is whole in hand and safe to repeat.
+        let replayable = out.is_empty() && parts.method.is_idempotent();
         loop {
-            let (mut sender, pooled) = match target.pool.take().await {
-                Some(sender) => (sender, true),
-                // Boxed: the connect future (TCP, TLS, handshake) is large,
-                // and keeping it out of this one saves copying it with every
-                // request that reuses a connection.
+            let (mut conn, pooled) = match target.pool.take() {
+                Some(conn) => (conn, true),
+                // Boxed: the connect future (TCP, TLS) is large, and keeping
+                // it out of this one saves copying it with every request
+                // that reuses a connection.
                 None => (Box::pin(self.connect(target)).await?, false),
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let keep = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    let (parts, body) = resp.into_parts();
-                    let body = PooledBody {
-                        inner: body,
-                        conn: keep.then(|| (sender, target.pool.clone())),
-                    };
-                    return Ok(Response::from_parts(parts, body));
+            let head = match conn
+                .exchange(&parts.method, path, &parts.headers, &mut out)
+                .await
+            {
+                Ok(head) => head,
+                Err(Failure::ClosedEarly(_)) if pooled && replayable => {
+                    out.rewind();
+                    continue;
                 }
-                Err(mut e) => match e.take_message() {
-                    // The pooled connection closed before the request went
-                    // out; it never reached the upstream, so send it again.
-                    // A new connection failing this way is a real failure.
-                    Some(back) if pooled => req = back,
-                    _ => return Err(SendError::Http(e.into_error())),
-                },
+                Err(e) => return Err(e.into()),
+            };
+            let reusable = head.keep_alive && out.is_done();
+            let mut body = PooledBody {
+                conn: Some(conn),
+                decoder: head.body,
+                pool: reusable.then(|| target.pool.clone()),
+            };
+            if body.decoder == Decoder::Done {
+                // Nothing to read (HEAD, 204, 304, an empty body): the
+                // connection is free now.
+                body.release();
             }
+            let mut resp = Response::new(body);
+            *resp.status_mut() = head.status;
+            *resp.version_mut() = head.version;
+            *resp.headers_mut() = head.headers;
+            return Ok(resp);
         }
     }
 
     /// Opens a connection to `target` (TCP, then TLS for `https://`) within
     /// the connect timeout and starts driving it.
-    async fn connect(&self, target: &Upstream) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(&self, target: &Upstream) -> Result<Conn, SendError> {
         let timeout = self.settings.connect_timeout;
         let open = async {
             let tcp = TcpStream::connect(target.addr.as_str())
                 .await
                 .map_err(SendError::Connect)?;
             let _ = tcp.set_nodelay(true);
-            match (&self.tls, &target.tls_name) {
-                (Some(tls), Some(name)) => {
-                    let stream = tls
-                        .connect(name.clone(), tcp)
+            let stream = match (&self.tls, &target.tls_name) {
+                (Some(tls), Some(name)) => Stream::Tls(Box::new(
+                    tls.connect(name.clone(), tcp)
                         .await
-                        .map_err(SendError::Tls)?;
-                    handshake(stream).await
-                }
-                _ => handshake(tcp).await,
-            }
+                        .map_err(SendError::Tls)?,
+                )),
+                _ => Stream::Plain(tcp),
+            };
+            Ok(Conn::new(stream))
         };
         tokio::time::timeout(timeout, open)
             .await
@@ -532,26 +581,6 @@ impl UpstreamGroup {
     }
 }
 
-/// Starts HTTP/1.1 on an open stream and spawns the task that drives it.
-async fn handshake<S>(stream: S) -> Result<SendRequest<Body>, SendError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        // One flattened write per message measured about a microsecond
-        // cheaper per request than a vectored one on loopback.
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(SendError::Http)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("upstream connection ended: {e}");
-        }
-    });
-    Ok(sender)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
@@ -561,6 +590,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use http::StatusCode;
 
     /// How the test backend answers each request.
     #[derive(Clone, Copy)]
@@ -577,6 +607,9 @@ mod tests {
         NoContent,
         /// Announces a large body and sends only part of it.
         Partial,
+        /// `200 ok` to the first request of each connection; the next one
+        /// is read and the connection closed without an answer.
+        OnceThenHangUp,
     }
 
     /// A raw HTTP/1.1 backend that counts the connections it accepts.
@@ -592,11 +625,19 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
+                    let mut answered = 0;
                     loop {
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
+                            if matches!(answer, Answer::OnceThenHangUp) && answered == 1 {
+                                return;
+                            }
+                            answered += 1;
                             let reply: &[u8] = match answer {
-                                Answer::Ok | Answer::OkThenClose | Answer::OkThenCloseLater => {
+                                Answer::Ok
+                                | Answer::OkThenClose
+                                | Answer::OkThenCloseLater
+                                | Answer::OnceThenHangUp => {
                                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                                 }
                                 Answer::NoContent => b"HTTP/1.1 204 No Content\r\n\r\n",
@@ -822,5 +863,228 @@ mod tests {
         assert!(err.to_string().contains("ftp://x"), "{err}");
         let err = UpstreamGroup::new("g", &[], Default::default()).unwrap_err();
         assert!(err.to_string().contains("no targets"));
+    }
+
+    /// A raw backend that answers every request with `reply` and keeps the
+    /// bytes of each request it read (head and body), closing after each
+    /// answer when `close` says so.
+    async fn scripted(
+        reply: &'static [u8],
+        close: bool,
+    ) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (count, log) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        if let Some(len) = whole_request(&buf) {
+                            log.lock().unwrap().push(buf.drain(..len).collect());
+                            if s.write_all(reply).await.is_err() || close {
+                                return;
+                            }
+                            continue;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted, seen)
+    }
+
+    /// The length of the first whole request in `buf`: its head, plus a
+    /// `content-length` body or a chunked one up to its last chunk.
+    fn whole_request(buf: &[u8]) -> Option<usize> {
+        let head = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+        if text.contains("transfer-encoding: chunked") {
+            let end = buf[head..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+            return Some(head + end + 5);
+        }
+        let length = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        (buf.len() >= head + length).then_some(head + length)
+    }
+
+    async fn body_of(resp: Response<PooledBody>) -> Result<Bytes, BodyError> {
+        resp.into_body().collect().await.map(|b| b.to_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_is_decoded_and_its_connection_reused() {
+        let (url, accepted, _) = scripted(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+            false,
+        )
+        .await;
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        for _ in 0..3 {
+            let resp = g.send(0, get("/")).await.unwrap();
+            assert_eq!(&body_of(resp).await.unwrap()[..], b"hello world");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_delimited_by_the_close_is_read_to_the_end_and_not_reused() {
+        let (url, accepted, _) = scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true).await;
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        for _ in 0..2 {
+            let resp = g.send(0, get("/")).await.unwrap();
+            assert_eq!(&body_of(resp).await.unwrap()[..], b"until the end");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped() {
+        let (url, _, _) = scripted(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+              HTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\ndone",
+            false,
+        )
+        .await;
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        let resp = g.send(0, get("/")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert!(resp.headers().get("link").is_none());
+        assert_eq!(&body_of(resp).await.unwrap()[..], b"done");
+    }
+
+    #[tokio::test]
+    async fn a_head_response_has_no_body_whatever_its_length_says() {
+        let (url, accepted, _) =
+            scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false).await;
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        for _ in 0..2 {
+            let mut req = get("/");
+            *req.method_mut() = http::Method::HEAD;
+            let resp = g.send(0, req).await.unwrap();
+            assert_eq!(resp.headers()["content-length"], "5");
+            assert!(resp.body().is_end_stream());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn invalid_responses_are_protocol_errors_that_say_what_was_wrong() {
+        for (reply, expect) in [
+            (&b"SPDY/3 200 OK\r\n\r\n"[..], "invalid response head"),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+                "invalid content-length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+                "invalid content-length",
+            ),
+        ] {
+            let (url, _, _) = scripted(reply, false).await;
+            let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+            let err = g.send(0, get("/")).await.unwrap_err();
+            assert!(matches!(err, SendError::Protocol(_)), "{err:?}");
+            assert!(err.to_string().contains(expect), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_a_bad_chunk_too() {
+        let (url, _, _) =
+            scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", true).await;
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        let err = body_of(g.send(0, get("/")).await.unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("before the body ended"), "{err}");
+
+        let (url, _, _) = scripted(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            false,
+        )
+        .await;
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        let err = body_of(g.send(0, get("/")).await.unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid chunk size"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_out_with_their_length_or_chunked() {
+        use futures_util::StreamExt;
+        let (url, accepted, seen) =
+            scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        let known = Request::builder()
+            .method("POST")
+            .uri("/known")
+            .header(http::header::HOST, "backend")
+            .body(crate::body::full("twelve bytes"))
+            .unwrap();
+        assert_eq!(
+            &body_of(g.send(0, known).await.unwrap()).await.unwrap()[..],
+            b"ok"
+        );
+        let parts = futures_util::stream::iter(["one", "two"])
+            .map(|p| Ok::<_, crate::body::BoxError>(Frame::data(Bytes::from_static(p.as_bytes()))));
+        let streamed = Request::builder()
+            .method("PUT")
+            .uri("/streamed")
+            .header(http::header::HOST, "backend")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(parts)))
+            .unwrap();
+        assert_eq!(
+            &body_of(g.send(0, streamed).await.unwrap()).await.unwrap()[..],
+            b"ok"
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&seen[0]),
+            "POST /known HTTP/1.1\r\nhost: backend\r\ncontent-length: 12\r\n\r\ntwelve bytes"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&seen[1]),
+            "PUT /streamed HTTP/1.1\r\nhost: backend\r\ntransfer-encoding: chunked\r\n\r\n\
+             3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn only_an_idempotent_request_is_sent_again_when_its_connection_dies_unanswered() {
+        // Each connection answers one request and hangs up on the next one
+        // once it has read it: the request was sent, and no answer came.
+        for (method, replayed) in [(http::Method::GET, true), (http::Method::POST, false)] {
+            let (url, accepted) = backend(Answer::OnceThenHangUp).await;
+            let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+            body_of(g.send(0, get("/")).await.unwrap()).await.unwrap();
+            let mut req = get("/again");
+            *req.method_mut() = method.clone();
+            let sent = g.send(0, req).await;
+            if replayed {
+                let body = body_of(sent.unwrap()).await.unwrap();
+                assert_eq!(&body[..], b"ok");
+                assert_eq!(accepted.load(Ordering::SeqCst), 2);
+            } else {
+                let err = sent.unwrap_err();
+                assert!(matches!(err, SendError::Closed(_)), "{method}: {err:?}");
+                assert_eq!(accepted.load(Ordering::SeqCst), 1);
+            }
+        }
     }
 }

@@ -1,0 +1,875 @@
+//! The HTTP/1.1 client side of an upstream connection.
+//!
+//! A connection here has no task of its own: the task of the request that
+//! holds it writes the request, reads the response head and, through the
+//! response body, reads the body. Between requests it sits in its target's
+//! pool (see [`crate::upstream`]). Parsing is httparse's; this module decides
+//! message framing (RFC 9112, section 6) and decodes chunked bodies.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body::Body as HttpBody;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::{Body, BoxError};
+
+/// Most header lines a response head may carry.
+const MAX_HEADERS: usize = 100;
+/// Largest response head accepted.
+const MAX_HEAD_BYTES: usize = 256 * 1024;
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Longest chunk-size line or trailer line of a chunked body.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Most bytes a chunked body's trailer section may hold.
+const MAX_TRAILERS: usize = 64 * 1024;
+
+/// The transport under a connection.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why an exchange on a connection failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The upstream closed the connection, or reset it, before a byte of the
+    /// response arrived. On a pooled connection this usually means it had
+    /// timed the connection out just as the request went out.
+    ClosedEarly(io::Error),
+    /// Reading or writing failed after the response had begun.
+    Io(io::Error),
+    /// The response head was not valid HTTP/1.x.
+    Protocol(String),
+    /// The request body could not be read.
+    Body(BoxError),
+}
+
+/// How a request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body at all.
+    None,
+    /// `content-length`: exactly this many bytes.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+}
+
+/// The request body on its way out.
+pub(crate) struct Outgoing {
+    body: Option<Body>,
+    framing: Framing,
+    /// Body bytes sent so far (checked against a declared length).
+    sent: u64,
+    /// Whether the whole request, body included, is in the write buffer or
+    /// sent.
+    done: bool,
+}
+
+impl Outgoing {
+    /// Decides the framing of `body`: none when it is known to be empty, its
+    /// length when known exactly, chunked otherwise.
+    pub(crate) fn new(body: Body) -> Self {
+        let framing = if body.is_end_stream() {
+            Framing::None
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => Framing::Length(n),
+                None => Framing::Chunked,
+            }
+        };
+        Outgoing {
+            body: (framing != Framing::None).then_some(body),
+            framing,
+            sent: 0,
+            done: false,
+        }
+    }
+
+    /// Whether the request has no body, so it can be sent again as it is.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.framing == Framing::None
+    }
+
+    /// Whether the whole request was handed to the connection.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Gets a body-less request ready to be sent again.
+    pub(crate) fn rewind(&mut self) {
+        debug_assert!(self.is_empty());
+        self.done = false;
+    }
+
+    /// Appends the next piece of the body, in its framing, to `out`.
+    fn poll_more(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<Result<(), Failure>> {
+        let Some(body) = self.body.as_mut() else {
+            self.done = true;
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers are not forwarded.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    self.sent += data.len() as u64;
+                    match self.framing {
+                        Framing::Length(n) if self.sent > n => {
+                            return Poll::Ready(Err(Failure::Body(
+                                format!("request body longer than its {n} bytes").into(),
+                            )))
+                        }
+                        Framing::Chunked => {
+                            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            out.extend_from_slice(&data);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        _ => out.extend_from_slice(&data),
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(Failure::Body(e))),
+                None => {
+                    if let Framing::Length(n) = self.framing {
+                        if self.sent != n {
+                            return Poll::Ready(Err(Failure::Body(
+                                format!("request body ended after {} of {n} bytes", self.sent)
+                                    .into(),
+                            )));
+                        }
+                    }
+                    if self.framing == Framing::Chunked {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.body = None;
+                    self.done = true;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// A response head as read from the upstream.
+pub(crate) struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// How the body that follows is delimited.
+    pub body: Decoder,
+    /// Whether the upstream is willing to take another request on this
+    /// connection once the body is read.
+    pub keep_alive: bool,
+}
+
+/// What one look at the read buffer found.
+enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// An interim (1xx) response, consumed.
+    Interim,
+    /// The response head.
+    Final(Head),
+}
+
+/// One HTTP/1.1 connection to an upstream.
+pub(crate) struct Conn {
+    io: Stream,
+    /// Bytes read and not yet consumed.
+    read: BytesMut,
+    /// Bytes to write, from `written` on.
+    write: Vec<u8>,
+    written: usize,
+    flushed: bool,
+    /// Set when a write failed; what is left is read for a response that
+    /// may already be there.
+    write_error: Option<io::Error>,
+    /// Whether any byte of the current response arrived.
+    responded: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(io: Stream) -> Self {
+        Conn {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
+            written: 0,
+            flushed: true,
+            write_error: None,
+            responded: false,
+        }
+    }
+
+    /// Whether the connection can take a request: the upstream has not
+    /// closed it and sent nothing unasked. Looks at what the socket already
+    /// has without waiting (for TLS, that also takes in session tickets).
+    pub(crate) fn is_reusable(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        self.poll_fill(&mut cx).is_pending()
+    }
+
+    /// Sends the request (head and body) and reads the response head. A head
+    /// that arrives before the request body was all sent stops the sending;
+    /// `out.is_done()` then says false and the connection must not be reused.
+    pub(crate) async fn exchange(
+        &mut self,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        out: &mut Outgoing,
+    ) -> Result<Head, Failure> {
+        self.write.clear();
+        self.written = 0;
+        self.write_error = None;
+        self.responded = false;
+        encode_head(&mut self.write, method, target, headers, out.framing);
+        self.flushed = false;
+        let head_request = method == Method::HEAD;
+        poll_fn(|cx| self.poll_exchange(cx, out, head_request)).await
+    }
+
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Outgoing,
+        head_request: bool,
+    ) -> Poll<Result<Head, Failure>> {
+        loop {
+            if self.write_error.is_none() {
+                // Sending comes first: the request must be out before there
+                // is anything to read.
+                let progress = if self.written < self.write.len() {
+                    match Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]) {
+                        Poll::Ready(Ok(0)) => {
+                            self.write_error = Some(io::ErrorKind::WriteZero.into());
+                            false
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            self.written += n;
+                            true
+                        }
+                        Poll::Ready(Err(e)) => {
+                            self.write_error = Some(e);
+                            false
+                        }
+                        Poll::Pending => false,
+                    }
+                } else if !self.flushed {
+                    match Pin::new(&mut self.io).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => {
+                            self.flushed = true;
+                            self.write.clear();
+                            self.written = 0;
+                            true
+                        }
+                        Poll::Ready(Err(e)) => {
+                            self.write_error = Some(e);
+                            false
+                        }
+                        Poll::Pending => false,
+                    }
+                } else if !out.done {
+                    match out.poll_more(cx, &mut self.write) {
+                        Poll::Ready(Ok(())) => {
+                            self.flushed = self.write.is_empty();
+                            true
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => false,
+                    }
+                } else {
+                    false
+                };
+                if progress {
+                    continue;
+                }
+            }
+            return match ready!(self.poll_head(cx, head_request)) {
+                Ok(head) => Poll::Ready(Ok(head)),
+                // A write that failed usually says why better than the
+                // closed connection found after it.
+                Err(Failure::ClosedEarly(e)) => Poll::Ready(Err(Failure::ClosedEarly(
+                    self.write_error.take().unwrap_or(e),
+                ))),
+                Err(e) => Poll::Ready(Err(e)),
+            };
+        }
+    }
+
+    /// Reads until a whole final response head is in, skipping interim
+    /// (1xx) responses other than 101.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+    ) -> Poll<Result<Head, Failure>> {
+        loop {
+            if !self.read.is_empty() {
+                match self.parse_head(head_request)? {
+                    Parsed::Final(head) => return Poll::Ready(Ok(head)),
+                    // What follows may already be buffered.
+                    Parsed::Interim => continue,
+                    Parsed::Partial if self.read.len() >= MAX_HEAD_BYTES => {
+                        return Poll::Ready(Err(Failure::Protocol(format!(
+                            "response head larger than {MAX_HEAD_BYTES} bytes"
+                        ))))
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if self.responded => {
+                    return Poll::Ready(Err(Failure::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed in the middle of the response head",
+                    ))))
+                }
+                Ok(0) => {
+                    return Poll::Ready(Err(Failure::ClosedEarly(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before the response",
+                    ))))
+                }
+                Ok(_) => self.responded = true,
+                Err(e) if self.responded => return Poll::Ready(Err(Failure::Io(e))),
+                Err(e) => return Poll::Ready(Err(Failure::ClosedEarly(e))),
+            }
+        }
+    }
+
+    /// Parses a response head at the start of the read buffer.
+    fn parse_head(&mut self, head_request: bool) -> Result<Parsed, Failure> {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        // Where each name and value lies in the head, so the header map can
+        // share the head's bytes instead of copying every value.
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let base = self.read.as_ptr() as usize;
+        let (len, code, minor, count) = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, &self.read, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => {
+                for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+                    let n = h.name.as_ptr() as usize - base;
+                    let v = h.value.as_ptr() as usize - base;
+                    *span = (
+                        n as u32,
+                        (n + h.name.len()) as u32,
+                        v as u32,
+                        (v + h.value.len()) as u32,
+                    );
+                }
+                (
+                    len,
+                    resp.code.unwrap_or(0),
+                    resp.version.unwrap_or(1),
+                    resp.headers.len(),
+                )
+            }
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(e) => return Err(Failure::Protocol(format!("invalid response head: {e}"))),
+        };
+        let raw = self.read.split_to(len).freeze();
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| Failure::Protocol(format!("invalid status code {code}")))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Parsed::Interim);
+        }
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
+                .map_err(|_| Failure::Protocol("invalid header name in the response".into()))?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
+                .map_err(|_| Failure::Protocol(format!("invalid value of header {name}")))?;
+            headers.append(name, value);
+        }
+        let version = if minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut keep_alive = keep_alive(version, &headers);
+        let body = if status == StatusCode::SWITCHING_PROTOCOLS {
+            keep_alive = false;
+            Decoder::Upgrade
+        } else if head_request
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Decoder::Done
+        } else if let Some(te) = last_transfer_coding(&headers) {
+            // A transfer coding overrides any length given beside it.
+            headers.remove(header::CONTENT_LENGTH);
+            if te.eq_ignore_ascii_case("chunked") {
+                Decoder::Chunked(Chunk::Size)
+            } else {
+                keep_alive = false;
+                Decoder::UntilClose
+            }
+        } else if headers.contains_key(header::CONTENT_LENGTH) {
+            match content_length(&headers) {
+                Some(0) => Decoder::Done,
+                Some(n) => Decoder::Length(n),
+                None => return Err(Failure::Protocol("invalid content-length".into())),
+            }
+        } else {
+            keep_alive = false;
+            Decoder::UntilClose
+        };
+        Ok(Parsed::Final(Head {
+            status,
+            version,
+            headers,
+            body,
+            keep_alive,
+        }))
+    }
+
+    /// Reads whatever the socket has into the read buffer; `Ok(0)` at the
+    /// end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
+        }
+        // `read_buf` keeps no state between polls, so one poll of a fresh
+        // future is a plain read into the buffer's spare room.
+        let read = self.io.read_buf(&mut self.read);
+        std::pin::pin!(read).poll(cx)
+    }
+
+    /// Hands the connection over to an upgraded protocol, with the bytes
+    /// that arrived after the 101 response.
+    pub(crate) fn into_upgraded(self) -> Upgraded {
+        Upgraded {
+            io: self.io,
+            early: self.read.freeze(),
+        }
+    }
+}
+
+/// Writes the request head: request line, the headers as given except the
+/// framing ones, then the framing this body needs.
+fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    framing: Framing,
+) {
+    out.reserve(
+        64 + target.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>(),
+    );
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING
+            || (framing != Framing::None && name == header::CONTENT_LENGTH)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::None => {}
+        Framing::Length(n) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether the connection stays open after this response (RFC 9112,
+/// section 9.3): HTTP/1.1 unless `close` is said, HTTP/1.0 only when
+/// `keep-alive` is.
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let says = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if version == Version::HTTP_10 {
+        says("keep-alive")
+    } else {
+        !says("close")
+    }
+}
+
+/// The last transfer coding named, if the response names any.
+fn last_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    let mut last = None;
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = String::from_utf8_lossy(v.as_bytes());
+        if let Some(t) = text.rsplit(',').map(str::trim).find(|t| !t.is_empty()) {
+            last = Some(t.to_owned());
+        }
+    }
+    last
+}
+
+/// The body length every `content-length` value agrees on; `None` when a
+/// value is not a number or two disagree.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().ok()?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n: u64 = part.parse().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
+/// Where a chunked body's decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Reading the trailer section (discarded), this many bytes so far.
+    Trailers(usize),
+}
+
+/// How the response body is delimited, and how much of it is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decoder {
+    /// Nothing (left) to read.
+    Done,
+    /// This many bytes left.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunk),
+    /// Everything until the upstream closes the connection.
+    UntilClose,
+    /// A 101 response: the connection now belongs to another protocol.
+    Upgrade,
+}
+
+impl Decoder {
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self, Decoder::Done | Decoder::Upgrade)
+    }
+
+    /// The next piece of the body, read from `conn`.
+    pub(crate) fn poll_data(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Failure>>> {
+        loop {
+            match *self {
+                Decoder::Done | Decoder::Upgrade => return Poll::Ready(None),
+                Decoder::Length(left) => {
+                    if !conn.read.is_empty() {
+                        let n = (conn.read.len() as u64).min(left);
+                        let data = conn.read.split_to(n as usize).freeze();
+                        *self = if n == left {
+                            Decoder::Done
+                        } else {
+                            Decoder::Length(left - n)
+                        };
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+                Decoder::UntilClose => {
+                    if !conn.read.is_empty() {
+                        return Poll::Ready(Some(Ok(conn.read.split().freeze())));
+                    }
+                }
+                Decoder::Chunked(state) => {
+                    if let Some(step) = self.chunk_step(state, conn)? {
+                        return Poll::Ready(Some(Ok(step)));
+                    }
+                    if self.is_done() {
+                        return Poll::Ready(None);
+                    }
+                    if *self != Decoder::Chunked(state) {
+                        // Moved on without needing more input.
+                        continue;
+                    }
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if *self == Decoder::UntilClose => {
+                    *self = Decoder::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return Poll::Ready(Some(Err(Failure::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection before the body ended",
+                    )))))
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(Failure::Io(e)))),
+            }
+        }
+    }
+
+    /// One step of chunked decoding on what is buffered: data when some is
+    /// there, `None` when it moved to another state or needs more bytes.
+    fn chunk_step(&mut self, state: Chunk, conn: &mut Conn) -> Result<Option<Bytes>, Failure> {
+        let buf = &mut conn.read;
+        match state {
+            Chunk::Size => {
+                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(Failure::Protocol("chunk-size line too long".into()));
+                    }
+                    return Ok(None);
+                };
+                let line = buf.split_to(end + 1);
+                let size = parse_chunk_size(&line)?;
+                *self = Decoder::Chunked(if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                });
+                Ok(None)
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (buf.len() as u64).min(left);
+                let data = buf.split_to(n as usize).freeze();
+                *self = Decoder::Chunked(if n == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n)
+                });
+                Ok(Some(data))
+            }
+            Chunk::DataEnd => {
+                if buf.starts_with(b"\r\n") {
+                    let _ = buf.split_to(2);
+                } else if buf.starts_with(b"\n") {
+                    let _ = buf.split_to(1);
+                } else if buf.len() >= 2 || (buf.len() == 1 && buf[0] != b'\r') {
+                    return Err(Failure::Protocol("chunk data not followed by CRLF".into()));
+                } else {
+                    return Ok(None);
+                }
+                *self = Decoder::Chunked(Chunk::Size);
+                Ok(None)
+            }
+            Chunk::Trailers(seen) => {
+                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(Failure::Protocol("trailer line too long".into()));
+                    }
+                    return Ok(None);
+                };
+                let line = buf.split_to(end + 1);
+                if line.as_ref() == b"\r\n" || line.as_ref() == b"\n" {
+                    *self = Decoder::Done;
+                } else if seen + line.len() > MAX_TRAILERS {
+                    return Err(Failure::Protocol("trailers too large".into()));
+                } else {
+                    *self = Decoder::Chunked(Chunk::Trailers(seen + line.len()));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The size on a chunk-size line (hex digits, then optional extensions).
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Failure> {
+    let bad = || Failure::Protocol("invalid chunk size".into());
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    let digits = digits.trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(bad());
+    }
+    let mut size = 0u64;
+    for &d in digits {
+        let v = (d as char).to_digit(16).ok_or_else(bad)?;
+        size = size * 16 + u64::from(v);
+    }
+    Ok(size)
+}
+
+/// A connection after a 101 response, handed to the upgraded protocol: the
+/// bytes that came right after the response head are read first.
+pub struct Upgraded {
+    io: Stream,
+    early: Bytes,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(parse_chunk_size(b"1a\r\n").unwrap(), 26);
+        assert_eq!(parse_chunk_size(b"FF;name=value\r\n").unwrap(), 255);
+        assert_eq!(parse_chunk_size(b"0\n").unwrap(), 0);
+        assert!(parse_chunk_size(b"\r\n").is_err());
+        assert!(parse_chunk_size(b"zz\r\n").is_err());
+        assert!(parse_chunk_size(b"1000000000000000\r\n").is_err());
+    }
+
+    #[test]
+    fn content_lengths_must_agree() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(content_length(&h), Some(5));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
+        assert_eq!(content_length(&h), Some(5));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+        assert_eq!(content_length(&h), None);
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("-1"));
+        assert_eq!(content_length(&h), None);
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_the_connection_header() {
+        let mut h = HeaderMap::new();
+        assert!(keep_alive(Version::HTTP_11, &h));
+        assert!(!keep_alive(Version::HTTP_10, &h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        assert!(keep_alive(Version::HTTP_10, &h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("foo, close"));
+        assert!(!keep_alive(Version::HTTP_11, &h));
+    }
+
+    #[test]
+    fn the_head_carries_the_framing_the_body_needs() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("b"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/x?y", &headers, Framing::Chunked);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /x?y HTTP/1.1\r\nhost: b\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, "/", &headers, Framing::None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: b\r\ncontent-length: 99\r\n\r\n"
+        );
+    }
+}
