@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -397,18 +397,31 @@ impl Conn {
     }
 
     /// Parses a response head at the start of the read buffer.
+    ///
+    /// The framing headers are read from the raw head, and the hop-by-hop
+    /// ones (RFC 9110, section 7.6.1: `connection`, those it names,
+    /// `keep-alive`, `transfer-encoding`...) are used here and never enter
+    /// the header map, except on a 101, whose `upgrade` and `connection` the
+    /// upgraded stream needs.
     fn parse_head(&mut self, head_request: bool) -> Result<Parsed, Failure> {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         // Where each name and value lies in the head, so the header map can
-        // share the head's bytes instead of copying every value.
+        // be built from the head's own copy; a name end of 0 marks a header
+        // left out.
         let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let base = self.read.as_ptr() as usize;
+        let mut scan = Scan::default();
         let (len, code, minor, count) = match httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut resp, &self.read, &mut slots)
         {
             Ok(httparse::Status::Complete(len)) => {
+                let keep_hop = resp.code == Some(101);
                 for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+                    let hop = scan.header(h.name.as_bytes(), h.value);
+                    if hop && !keep_hop {
+                        continue;
+                    }
                     let n = h.name.as_ptr() as usize - base;
                     let v = h.value.as_ptr() as usize - base;
                     *span = (
@@ -417,6 +430,9 @@ impl Conn {
                         v as u32,
                         (v + h.value.len()) as u32,
                     );
+                }
+                if scan.names_others && !keep_hop {
+                    leave_out_named(resp.headers, &mut spans);
                 }
                 (
                     len,
@@ -428,14 +444,17 @@ impl Conn {
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(e) => return Err(Failure::Protocol(format!("invalid response head: {e}"))),
         };
-        let raw = self.read.split_to(len).freeze();
+        // A copy of the head, so the read buffer stays unshared and is
+        // reused for the next read instead of a new one being allocated.
+        let raw = Bytes::copy_from_slice(&self.read[..len]);
+        self.read.advance(len);
         let status = StatusCode::from_u16(code)
             .map_err(|_| Failure::Protocol(format!("invalid status code {code}")))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(Parsed::Interim);
         }
         let mut headers = HeaderMap::with_capacity(count);
-        for &(ns, ne, vs, ve) in &spans[..count] {
+        for &(ns, ne, vs, ve) in spans[..count].iter().filter(|s| s.1 != 0) {
             let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
                 .map_err(|_| Failure::Protocol("invalid header name in the response".into()))?;
             let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
@@ -447,7 +466,13 @@ impl Conn {
         } else {
             Version::HTTP_11
         };
-        let mut keep_alive = keep_alive(version, &headers);
+        // RFC 9112, section 9.3: HTTP/1.1 stays open unless `close` is
+        // said, HTTP/1.0 only when `keep-alive` is.
+        let mut keep_alive = if version == Version::HTTP_10 {
+            scan.keep_alive
+        } else {
+            !scan.close
+        };
         let body = if status == StatusCode::SWITCHING_PROTOCOLS {
             keep_alive = false;
             Decoder::Upgrade
@@ -456,20 +481,22 @@ impl Conn {
             || status == StatusCode::NOT_MODIFIED
         {
             Decoder::Done
-        } else if let Some(te) = last_transfer_coding(&headers) {
+        } else if let Some(chunked) = scan.chunked {
             // A transfer coding overrides any length given beside it.
             headers.remove(header::CONTENT_LENGTH);
-            if te.eq_ignore_ascii_case("chunked") {
+            if chunked {
                 Decoder::Chunked(Chunk::Size)
             } else {
                 keep_alive = false;
                 Decoder::UntilClose
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
-            match content_length(&headers) {
-                Some(0) => Decoder::Done,
-                Some(n) => Decoder::Length(n),
-                None => return Err(Failure::Protocol("invalid content-length".into())),
+        } else if scan.bad_length {
+            return Err(Failure::Protocol("invalid content-length".into()));
+        } else if let Some(n) = scan.length {
+            if n == 0 {
+                Decoder::Done
+            } else {
+                Decoder::Length(n)
             }
         } else {
             keep_alive = false;
@@ -547,55 +574,114 @@ fn encode_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Whether the connection stays open after this response (RFC 9112,
-/// section 9.3): HTTP/1.1 unless `close` is said, HTTP/1.0 only when
-/// `keep-alive` is.
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let says = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
+/// What the framing and hop-by-hop headers of a response head say.
+#[derive(Debug, Default)]
+struct Scan {
+    /// `connection: close` was said.
+    close: bool,
+    /// `connection: keep-alive` was said.
+    keep_alive: bool,
+    /// `connection` names headers other than the hop-by-hop ones.
+    names_others: bool,
+    /// The length every `content-length` value agrees on.
+    length: Option<u64>,
+    /// A `content-length` value was not a number, or two disagreed.
+    bad_length: bool,
+    /// Whether the last transfer coding named is `chunked`; `None` when no
+    /// `transfer-encoding` was given.
+    chunked: Option<bool>,
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones left out.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `name` is one of the hop-by-hop headers that never cross a
+/// proxy, whatever `connection` says.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
+}
+
+impl Scan {
+    /// Takes in one header; says whether it is hop-by-hop.
+    fn header(&mut self, name: &[u8], value: &[u8]) -> bool {
+        match name.len() {
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for t in tokens(value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !is_hop_by_hop(t) {
+                        self.names_others = true;
+                    }
+                }
+                true
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                for t in tokens(value) {
+                    match parse_length(t) {
+                        Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                        _ => self.bad_length = true,
+                    }
+                }
+                if value.trim_ascii().is_empty() {
+                    self.bad_length = true;
+                }
+                false
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                if let Some(last) = tokens(value).last() {
+                    self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                }
+                true
+            }
+            _ => is_hop_by_hop(name),
+        }
+    }
+}
+
+/// A `content-length` value: decimal digits only.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// Marks as left out (name end 0) every header that a `connection` header
+/// names. Rare: `connection` nearly always says only `keep-alive` or
+/// `close`.
+fn leave_out_named(headers: &[httparse::Header<'_>], spans: &mut [(u32, u32, u32, u32)]) {
+    let named: Vec<&[u8]> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+        .collect();
+    for (span, h) in spans.iter_mut().zip(headers) {
+        if named
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if version == Version::HTTP_10 {
-        says("keep-alive")
-    } else {
-        !says("close")
-    }
-}
-
-/// The last transfer coding named, if the response names any.
-fn last_transfer_coding(headers: &HeaderMap) -> Option<String> {
-    let mut last = None;
-    for v in headers.get_all(header::TRANSFER_ENCODING) {
-        let text = String::from_utf8_lossy(v.as_bytes());
-        if let Some(t) = text.rsplit(',').map(str::trim).find(|t| !t.is_empty()) {
-            last = Some(t.to_owned());
+            .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
+        {
+            span.1 = 0;
         }
     }
-    last
-}
-
-/// The body length every `content-length` value agrees on; `None` when a
-/// value is not a number or two disagree.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().ok()?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: u64 = part.parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
-        }
-    }
-    length
 }
 
 /// Where a chunked body's decoding stands.
@@ -643,7 +729,7 @@ impl Decoder {
                 Decoder::Length(left) => {
                     if !conn.read.is_empty() {
                         let n = (conn.read.len() as u64).min(left);
-                        let data = conn.read.split_to(n as usize).freeze();
+                        let data = take(&mut conn.read, n as usize);
                         *self = if n == left {
                             Decoder::Done
                         } else {
@@ -654,7 +740,8 @@ impl Decoder {
                 }
                 Decoder::UntilClose => {
                     if !conn.read.is_empty() {
-                        return Poll::Ready(Some(Ok(conn.read.split().freeze())));
+                        let n = conn.read.len();
+                        return Poll::Ready(Some(Ok(take(&mut conn.read, n))));
                     }
                 }
                 Decoder::Chunked(state) => {
@@ -699,8 +786,8 @@ impl Decoder {
                     }
                     return Ok(None);
                 };
-                let line = buf.split_to(end + 1);
-                let size = parse_chunk_size(&line)?;
+                let size = parse_chunk_size(&buf[..=end])?;
+                buf.advance(end + 1);
                 *self = Decoder::Chunked(if size == 0 {
                     Chunk::Trailers(0)
                 } else {
@@ -713,7 +800,7 @@ impl Decoder {
                     return Ok(None);
                 }
                 let n = (buf.len() as u64).min(left);
-                let data = buf.split_to(n as usize).freeze();
+                let data = take(buf, n as usize);
                 *self = Decoder::Chunked(if n == left {
                     Chunk::DataEnd
                 } else {
@@ -723,9 +810,9 @@ impl Decoder {
             }
             Chunk::DataEnd => {
                 if buf.starts_with(b"\r\n") {
-                    let _ = buf.split_to(2);
+                    buf.advance(2);
                 } else if buf.starts_with(b"\n") {
-                    let _ = buf.split_to(1);
+                    buf.advance(1);
                 } else if buf.len() >= 2 || (buf.len() == 1 && buf[0] != b'\r') {
                     return Err(Failure::Protocol("chunk data not followed by CRLF".into()));
                 } else {
@@ -741,18 +828,29 @@ impl Decoder {
                     }
                     return Ok(None);
                 };
-                let line = buf.split_to(end + 1);
-                if line.as_ref() == b"\r\n" || line.as_ref() == b"\n" {
+                let line = end + 1;
+                let blank = matches!(&buf[..line], b"\r\n" | b"\n");
+                buf.advance(line);
+                if blank {
                     *self = Decoder::Done;
-                } else if seen + line.len() > MAX_TRAILERS {
+                } else if seen + line > MAX_TRAILERS {
                     return Err(Failure::Protocol("trailers too large".into()));
                 } else {
-                    *self = Decoder::Chunked(Chunk::Trailers(seen + line.len()));
+                    *self = Decoder::Chunked(Chunk::Trailers(seen + line));
                 }
                 Ok(None)
             }
         }
     }
+}
+
+/// The first `n` bytes of `buf`, as a copy: the buffer stays unshared, so
+/// the next read reuses it rather than allocating another. (The body goes
+/// on to a socket or TLS writer that copies it anyway.)
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    let data = Bytes::copy_from_slice(&buf[..n]);
+    buf.advance(n);
+    data
 }
 
 /// The size on a chunk-size line (hex digits, then optional extensions).
@@ -828,29 +926,47 @@ mod tests {
         assert!(parse_chunk_size(b"1000000000000000\r\n").is_err());
     }
 
-    #[test]
-    fn content_lengths_must_agree() {
-        let mut h = HeaderMap::new();
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert_eq!(content_length(&h), Some(5));
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
-        assert_eq!(content_length(&h), Some(5));
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
-        assert_eq!(content_length(&h), None);
-        let mut h = HeaderMap::new();
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("-1"));
-        assert_eq!(content_length(&h), None);
+    fn scan(headers: &[(&str, &str)]) -> (Scan, Vec<bool>) {
+        let mut scan = Scan::default();
+        let hops = headers
+            .iter()
+            .map(|(n, v)| scan.header(n.as_bytes(), v.as_bytes()))
+            .collect();
+        (scan, hops)
     }
 
     #[test]
-    fn keep_alive_follows_the_version_and_the_connection_header() {
-        let mut h = HeaderMap::new();
-        assert!(keep_alive(Version::HTTP_11, &h));
-        assert!(!keep_alive(Version::HTTP_10, &h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
-        assert!(keep_alive(Version::HTTP_10, &h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("foo, close"));
-        assert!(!keep_alive(Version::HTTP_11, &h));
+    fn content_lengths_must_agree() {
+        let (s, _) = scan(&[("Content-Length", "5"), ("content-length", "5, 5")]);
+        assert_eq!((s.length, s.bad_length), (Some(5), false));
+        for bad in [
+            &[("content-length", "5"), ("content-length", "6")][..],
+            &[("content-length", "-1")],
+            &[("content-length", "")],
+            &[("content-length", "99999999999999999999")],
+        ] {
+            assert!(scan(bad).0.bad_length, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn framing_and_connection_headers_are_read_and_are_hop_by_hop() {
+        let (s, hops) = scan(&[
+            ("Connection", "Keep-Alive, X-Trace"),
+            ("Transfer-Encoding", "gzip, chunked"),
+            ("Content-Type", "text/plain"),
+            ("keep-alive", "timeout=5"),
+            ("Content-Length", "3"),
+        ]);
+        assert!(s.keep_alive && !s.close && s.names_others);
+        assert_eq!(s.chunked, Some(true));
+        assert_eq!(hops, [true, true, false, true, false]);
+        let (s, _) = scan(&[
+            ("connection", "close, upgrade"),
+            ("transfer-encoding", "chunked, gzip"),
+        ]);
+        assert!(s.close && !s.names_others);
+        assert_eq!(s.chunked, Some(false));
     }
 
     #[test]

@@ -952,6 +952,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hop_by_hop_response_headers_and_those_connection_names_are_left_out() {
+        let (url, accepted, _) = scripted(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n\
+              Keep-Alive: timeout=5\r\nX-Public: 2\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        )
+        .await;
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        for _ in 0..2 {
+            let resp = g.send(0, get("/")).await.unwrap();
+            let mut names: Vec<_> = resp.headers().keys().map(|k| k.as_str()).collect();
+            names.sort_unstable();
+            assert_eq!(names, ["content-length", "x-public"]);
+            assert_eq!(&body_of(resp).await.unwrap()[..], b"ok");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "keep-alive was not honoured"
+        );
+    }
+
+    #[tokio::test]
     async fn interim_responses_are_skipped() {
         let (url, _, _) = scripted(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
