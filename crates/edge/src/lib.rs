@@ -3,11 +3,13 @@
 //!
 //! It is shaped like pingora: a product implements [`ProxyHttp`], whose
 //! methods are the phases of a request, each with a documented default, and
-//! [`Server`] drives them on hyper 1, tokio and rustls. The crate also holds
-//! the building blocks products configure the phases with: certificates by
-//! SNI and client certificate verifiers ([`tls`]), client identities and
-//! allowlists ([`identity`]), and upstream groups with pooled clients and
-//! passive health ([`upstream`]).
+//! [`Server`] drives them on hyper 1 (the downstream side), tokio and
+//! rustls; the upstream side is the crate's own HTTP/1.1 client on
+//! httparse, driven by each request's task. The crate also holds the
+//! building blocks products configure the phases with: certificates by SNI
+//! and client certificate verifiers ([`tls`]), client identities and
+//! allowlists ([`identity`]), and upstream groups with pooled connections
+//! and passive health ([`upstream`]).
 //!
 //! What it does not do: read configuration files, own routing rules, store
 //! records or serve metrics. Those are product decisions; the engine only
