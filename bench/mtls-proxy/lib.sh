@@ -132,7 +132,7 @@ make_certs() {
 P_BACKEND=$PORT_BASE P_BACKEND_STATUS=$((PORT_BASE + 1))
 P_A_HTTP=$((PORT_BASE + 10)) P_A_TLS=$((PORT_BASE + 11))
 P_B_MTLS=$((PORT_BASE + 21))
-P_C_MTLS=$((PORT_BASE + 31))
+P_C_MTLS=$((PORT_BASE + 31)) P_C_ADMIN=$((PORT_BASE + 32))
 P_N_HTTP=$((PORT_BASE + 40)) P_N_TLS=$((PORT_BASE + 41))
 P_N_MTLS=$((PORT_BASE + 42)) P_N_MTLS_REC=$((PORT_BASE + 43))
 
@@ -188,11 +188,14 @@ upstreams = ["http://127.0.0.1:$P_BACKEND"]
 client_auth = "off"
 EOF
     for g in b c; do
-        local port=$P_B_MTLS
-        [[ $g == c ]] && port=$P_C_MTLS
+        local port=$P_B_MTLS admin=""
+        # C's admin listener tells how many records were written and
+        # dropped; it sits outside the proxied path.
+        [[ $g == c ]] && port=$P_C_MTLS admin="admin = \"127.0.0.1:$P_C_ADMIN\""
         cat >"$W/proxy-$g.toml" <<EOF
 [server]
 https = "127.0.0.1:$port"
+$admin
 $common
 
 [[routes]]

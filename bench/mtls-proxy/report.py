@@ -197,7 +197,10 @@ def main():
 
     def kept_vs_sent(proxy, extra):
         """Records kept against the requests sent, in words."""
-        kept = int(facts["records_proxy" if proxy == "mtls-proxy" else "records_nginx"])
+        if proxy == "mtls-proxy":
+            kept = int(facts.get("records_metrics", "?").split()[0])
+        else:
+            kept = int(facts["records_nginx"])
         sent = served(proxy) + int(facts["warmup"]) * int(facts["rounds"]) + 2 + extra
         return f"{sent - kept:,} fewer" if kept < sent else f"{kept - sent:,} more"
 
@@ -222,16 +225,23 @@ def main():
         f"| {sp:.1f} | {sn:.1f} |"
     )
     w("")
+    written, dropped, failed = (int(x) for x in facts["records_metrics"].split())
+    retained = (
+        " (size retention deleted the oldest once the file passed `max_bytes`, 1 GiB by default)"
+        if int(facts["records_proxy"]) < written
+        else ""
+    )
     w(
         f"Startup runs (ms): mtls-proxy {facts['startup_proxy_runs']}; "
         f"nginx {facts['startup_nginx_runs']}. mtls-proxy ran "
-        f"{facts['proxy_threads']} threads. Records kept: the mtls-proxy store holds "
-        f"{int(facts['records_proxy']):,} rows and the nginx access log "
-        f"{int(facts['records_nginx']):,} lines, against {served('mtls-proxy'):,} and "
+        f"{facts['proxy_threads']} threads. Records kept: the mtls-proxy recorder wrote "
+        f"{written:,} records and dropped {dropped:,} ({failed:,} failed writes), of which its "
+        f"store still holds {int(facts['records_proxy']):,} rows{retained}; the nginx access log "
+        f"holds {int(facts['records_nginx']):,} lines. Against {served('mtls-proxy'):,} and "
         f"{served('nginx'):,} answers oha counted in the measured recording runs, plus "
         f"{int(facts['warmup'])} warm-up requests per round and 2 checks (and for nginx a 300-request "
-        f"resumption check): {kept_vs_sent('mtls-proxy', 0)} and "
-        f"{kept_vs_sent('nginx', 300)} than that. (A timed run stops with requests "
+        f"resumption check), the records written are {kept_vs_sent('mtls-proxy', 0)} and the "
+        f"log lines {kept_vs_sent('nginx', 300)} than that. (A timed run stops with requests "
         f"in flight, which the proxy answers and records but oha no longer counts.)"
     )
     w("")
