@@ -140,11 +140,6 @@ impl Outgoing {
         self.framing == Framing::None
     }
 
-    /// Whether the whole request was handed to the connection.
-    pub(crate) fn is_done(&self) -> bool {
-        self.done
-    }
-
     /// Gets a body-less request ready to be sent again.
     pub(crate) fn rewind(&mut self) {
         debug_assert!(self.is_empty());
@@ -268,8 +263,10 @@ impl Conn {
     }
 
     /// Sends the request (head and body) and reads the response head. A head
-    /// that arrives before the request body was all sent stops the sending;
-    /// `out.is_done()` then says false and the connection must not be reused.
+    /// may arrive before the request body was all sent; [`Conn::sent_all`]
+    /// then says false, and the caller goes on sending with
+    /// [`Conn::poll_send`] while it reads the response body, as a
+    /// full-duplex exchange needs.
     pub(crate) async fn exchange(
         &mut self,
         method: &Method,
@@ -293,66 +290,69 @@ impl Conn {
         out: &mut Outgoing,
         head_request: bool,
     ) -> Poll<Result<Head, Failure>> {
-        loop {
-            if self.write_error.is_none() {
-                // Sending comes first: the request must be out before there
-                // is anything to read.
-                let progress = if self.written < self.write.len() {
-                    match Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]) {
-                        Poll::Ready(Ok(0)) => {
-                            self.write_error = Some(io::ErrorKind::WriteZero.into());
-                            false
-                        }
-                        Poll::Ready(Ok(n)) => {
-                            self.written += n;
-                            true
-                        }
-                        Poll::Ready(Err(e)) => {
-                            self.write_error = Some(e);
-                            false
-                        }
-                        Poll::Pending => false,
-                    }
-                } else if !self.flushed {
-                    match Pin::new(&mut self.io).poll_flush(cx) {
-                        Poll::Ready(Ok(())) => {
-                            self.flushed = true;
-                            self.write.clear();
-                            self.written = 0;
-                            true
-                        }
-                        Poll::Ready(Err(e)) => {
-                            self.write_error = Some(e);
-                            false
-                        }
-                        Poll::Pending => false,
-                    }
-                } else if !out.done {
-                    match out.poll_more(cx, &mut self.write) {
-                        Poll::Ready(Ok(())) => {
-                            self.flushed = self.write.is_empty();
-                            true
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => false,
-                    }
-                } else {
-                    false
-                };
-                if progress {
-                    continue;
-                }
-            }
-            return match ready!(self.poll_head(cx, head_request)) {
-                Ok(head) => Poll::Ready(Ok(head)),
-                // A write that failed usually says why better than the
-                // closed connection found after it.
-                Err(Failure::ClosedEarly(e)) => Poll::Ready(Err(Failure::ClosedEarly(
-                    self.write_error.take().unwrap_or(e),
-                ))),
-                Err(e) => Poll::Ready(Err(e)),
-            };
+        // Sending comes first: the request must be out before there is
+        // anything to read. While the body is still on its way, a head may
+        // arrive anyway; the response then goes on and the rest of the body
+        // is sent beside it (see [`Conn::poll_send`]).
+        if let Poll::Ready(Err(e)) = self.poll_send(cx, out) {
+            return Poll::Ready(Err(e));
         }
+        match ready!(self.poll_head(cx, head_request)) {
+            Ok(head) => Poll::Ready(Ok(head)),
+            // A write that failed usually says why better than the closed
+            // connection found after it.
+            Err(Failure::ClosedEarly(e)) => Poll::Ready(Err(Failure::ClosedEarly(
+                self.write_error.take().unwrap_or(e),
+            ))),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Sends what is left of the request as far as the socket and the body
+    /// allow. Ready once it is all sent, or when a write failed (the error
+    /// is kept: what the upstream already answered may still be read);
+    /// pending while waiting on either side. An error is the request body's.
+    pub(crate) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Outgoing,
+    ) -> Poll<Result<(), Failure>> {
+        loop {
+            if self.write_error.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            if self.written < self.write.len() {
+                match ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..])) {
+                    Ok(0) => self.write_error = Some(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.written += n,
+                    Err(e) => self.write_error = Some(e),
+                }
+            } else if !self.flushed {
+                match ready!(Pin::new(&mut self.io).poll_flush(cx)) {
+                    Ok(()) => {
+                        self.flushed = true;
+                        self.write.clear();
+                        self.written = 0;
+                    }
+                    Err(e) => self.write_error = Some(e),
+                }
+            } else if !out.done {
+                ready!(out.poll_more(cx, &mut self.write))?;
+                self.flushed = self.write.is_empty();
+            } else {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Whether a write of the current request failed.
+    pub(crate) fn write_failed(&self) -> bool {
+        self.write_error.is_some()
+    }
+
+    /// Whether the whole request, body included, went out on the socket.
+    pub(crate) fn sent_all(&self, out: &Outgoing) -> bool {
+        out.done && self.flushed && self.write_error.is_none()
     }
 
     /// Reads until a whole final response head is in, skipping interim

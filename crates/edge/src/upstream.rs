@@ -243,6 +243,9 @@ pub struct PooledBody {
     /// Where the connection goes once the body is read; `None` when it may
     /// not be reused.
     pool: Option<Arc<Pool>>,
+    /// The rest of a request body the upstream answered before it was all
+    /// sent; sent while the response body is read.
+    sending: Option<Outgoing>,
 }
 
 impl fmt::Debug for PooledBody {
@@ -257,6 +260,10 @@ impl fmt::Debug for PooledBody {
 impl PooledBody {
     /// Hands the connection back, or lets it close, once the body is over.
     fn release(&mut self) {
+        if self.sending.is_some() {
+            // The upstream still expects the rest of the request.
+            self.pool = None;
+        }
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
             pool.put(conn);
         }
@@ -269,6 +276,19 @@ impl PooledBody {
             return None;
         }
         self.conn.take().map(Conn::into_upgraded)
+    }
+}
+
+/// A failure in words, without the kind's name.
+struct FailureText(Failure);
+
+impl fmt::Display for FailureText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Failure::ClosedEarly(e) | Failure::Io(e) => e.fmt(f),
+            Failure::Protocol(e) => f.write_str(e),
+            Failure::Body(e) => e.fmt(f),
+        }
     }
 }
 
@@ -296,6 +316,26 @@ impl HttpBody for PooledBody {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(out) = this.sending.as_mut() {
+            match conn.poll_send(cx, out) {
+                Poll::Ready(Ok(())) => {
+                    if !conn.sent_all(out) {
+                        // A write failed: the upstream stopped reading.
+                        // What it answered may still be read.
+                        this.pool = None;
+                    }
+                    this.sending = None;
+                }
+                Poll::Ready(Err(e)) => {
+                    // The client's body failed; the response goes on, the
+                    // connection is spent.
+                    tracing::debug!(error = %FailureText(e), "request body ended early");
+                    this.pool = None;
+                    this.sending = None;
+                }
+                Poll::Pending => {}
+            }
+        }
         let polled = this.decoder.poll_data(conn, cx);
         match polled {
             Poll::Ready(Some(Ok(data))) => {
@@ -307,12 +347,7 @@ impl HttpBody for PooledBody {
             Poll::Ready(Some(Err(e))) => {
                 this.conn = None;
                 this.decoder = Decoder::Done;
-                let text = match e {
-                    Failure::ClosedEarly(e) | Failure::Io(e) => e.to_string(),
-                    Failure::Protocol(e) => e,
-                    Failure::Body(e) => e.to_string(),
-                };
-                Poll::Ready(Some(Err(BodyError(text))))
+                Poll::Ready(Some(Err(BodyError(FailureText(e).to_string()))))
             }
             Poll::Ready(None) => {
                 this.release();
@@ -500,11 +535,17 @@ impl UpstreamGroup {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let reusable = head.keep_alive && out.is_done();
+            // The upstream may answer before the request body is all sent:
+            // a full-duplex exchange, or an early refusal. The rest is then
+            // sent while the response body is read, and the connection is
+            // reused only when both ended cleanly.
+            let reusable = head.keep_alive && !conn.write_failed();
+            let sending = (!conn.sent_all(&out) && head.body != Decoder::Upgrade).then_some(out);
             let mut body = PooledBody {
                 conn: Some(conn),
                 decoder: head.body,
                 pool: reusable.then(|| target.pool.clone()),
+                sending,
             };
             if body.decoder == Decoder::Done {
                 // Nothing to read (HEAD, 204, 304, an empty body): the
@@ -760,6 +801,86 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_response_that_begins_before_the_request_body_ends_goes_on_beside_it() {
+        use futures_util::StreamExt;
+        // An echo backend: it answers on the request head alone, then sends
+        // back every byte of the (chunked) body as it reads it, so each piece
+        // comes back only once it was sent.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head = loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+            };
+            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let mut body = buf.split_off(head);
+            let mut echoed = 0;
+            loop {
+                s.write_all(&body[echoed..]).await.unwrap();
+                echoed = body.len();
+                if body.ends_with(b"0\r\n\r\n") {
+                    break;
+                }
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the request body never ended");
+                body.extend_from_slice(&chunk[..n]);
+            }
+            // Stay open: the connection may be kept for another request.
+            let _ = s.read(&mut chunk).await;
+        });
+        let g = UpstreamGroup::new("g", &[url], Default::default()).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static [u8]>(1);
+        let pieces = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p))));
+        let req = Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .header(http::header::HOST, "backend")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(pieces)))
+            .unwrap();
+        tx.send(b"one").await.unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), g.send(0, req))
+            .await
+            .expect("no response head")
+            .unwrap();
+        let mut body = resp.into_body();
+        let mut next = async |want: &[u8]| {
+            let mut got = Vec::new();
+            while got.len() < want.len() {
+                let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                    .await
+                    .unwrap_or_else(|_| panic!("{want:?} never came back"))
+                    .expect("the body ended early")
+                    .unwrap();
+                got.extend_from_slice(&frame.into_data().unwrap());
+            }
+            assert_eq!(got, want);
+        };
+        next(b"one").await;
+        tx.send(b"two").await.unwrap();
+        next(b"two").await;
+        drop(tx);
+        let end = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the response never ended");
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(
+            g.targets()[0].pool.lock().len(),
+            1,
+            "both directions ended cleanly, so the connection is kept"
+        );
     }
 
     #[tokio::test]

@@ -103,6 +103,60 @@ async fn websocket_upgrades_pass_through() {
 }
 
 #[tokio::test]
+async fn a_response_streams_while_the_request_body_is_still_coming() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let b = backend().await;
+    let config = base_config(
+        false,
+        &format!(
+            "[[routes]]\nname = \"duplex\"\nupstreams = [\"{}\"]\n",
+            b.url
+        ),
+    );
+    let app = spawn_app(dir.path(), &config).await;
+    // Each piece of the body is sent only once the previous one came back,
+    // so the exchange completes only if the proxy carries both directions
+    // at once.
+    let mut s = tokio::net::TcpStream::connect(app.http.unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /stream-back HTTP/1.1\r\nhost: duplex.test\r\n\
+          transfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut wait_for = async |s: &mut tokio::net::TcpStream, want: &str| {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(want) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{want:?} never came back; got {:?}",
+                        String::from_utf8_lossy(&seen)
+                    )
+                })
+                .unwrap();
+            assert!(n > 0, "the proxy closed the connection");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    wait_for(&mut s, "first").await;
+    s.write_all(b"6\r\nsecond\r\n").await.unwrap();
+    wait_for(&mut s, "second").await;
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    // The answer's last chunk closes it.
+    wait_for(&mut s, "\r\n0\r\n\r\n").await;
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    let rows = app.records("route=duplex", 1).await;
+    assert_eq!(rows[0]["status"], 200);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn http2_is_negotiated_with_alpn() {
     let dir = tempfile::tempdir().unwrap();
     let (_pki, ca) = pki_with_server(dir.path());

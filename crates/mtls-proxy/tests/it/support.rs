@@ -179,8 +179,9 @@ impl Pki {
     }
 }
 
-/// An echo backend: answers with the request line and headers as JSON, and
-/// echoes WebSocket messages on `/ws`.
+/// An echo backend: answers with the request line and headers as JSON,
+/// echoes WebSocket messages on `/ws` and streams request bodies back as
+/// they arrive on `/stream-back`.
 pub struct Backend {
     pub url: String,
 }
@@ -226,8 +227,14 @@ pub async fn named_backend(name: &'static str) -> Backend {
         tokio::time::sleep(Duration::from_millis(300)).await;
         "slow"
     }
+    // Streams the request body back as it arrives: the answer begins
+    // before the request ends, as in a full-duplex exchange.
+    async fn stream_back(req: Request) -> axum::body::Body {
+        axum::body::Body::from_stream(req.into_body().into_data_stream())
+    }
     let app = Router::new()
         .route("/ws", any(ws))
+        .route("/stream-back", any(stream_back))
         .route("/slow", any(slow))
         .fallback(echo);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
