@@ -259,13 +259,14 @@ impl fmt::Debug for PooledBody {
 
 impl PooledBody {
     /// Hands the connection back, or lets it close, once the body is over.
+    /// It is reused only when the whole request went out too: while
+    /// `sending` is left, the upstream still expects the rest of it, and
+    /// after a failed write it stopped reading.
     fn release(&mut self) {
-        if self.sending.is_some() {
-            // The upstream still expects the rest of the request.
-            self.pool = None;
-        }
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
-            pool.put(conn);
+            if self.sending.is_none() && !conn.write_failed() {
+                pool.put(conn);
+            }
         }
     }
 
@@ -318,14 +319,9 @@ impl HttpBody for PooledBody {
         };
         if let Some(out) = this.sending.as_mut() {
             match conn.poll_send(cx, out) {
-                Poll::Ready(Ok(())) => {
-                    if !conn.sent_all(out) {
-                        // A write failed: the upstream stopped reading.
-                        // What it answered may still be read.
-                        this.pool = None;
-                    }
-                    this.sending = None;
-                }
+                // All sent, or a write failed (the upstream stopped
+                // reading; what it answered may still be read).
+                Poll::Ready(Ok(())) => this.sending = None,
                 Poll::Ready(Err(e)) => {
                     // The client's body failed; the response goes on, the
                     // connection is spent.
@@ -537,14 +533,13 @@ impl UpstreamGroup {
             };
             // The upstream may answer before the request body is all sent:
             // a full-duplex exchange, or an early refusal. The rest is then
-            // sent while the response body is read, and the connection is
-            // reused only when both ended cleanly.
-            let reusable = head.keep_alive && !conn.write_failed();
+            // sent while the response body is read (see `release` for when
+            // the connection is reused).
             let sending = (!conn.sent_all(&out) && head.body != Decoder::Upgrade).then_some(out);
             let mut body = PooledBody {
                 conn: Some(conn),
                 decoder: head.body,
-                pool: reusable.then(|| target.pool.clone()),
+                pool: head.keep_alive.then(|| target.pool.clone()),
                 sending,
             };
             if body.decoder == Decoder::Done {
