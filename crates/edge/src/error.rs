@@ -20,10 +20,15 @@ pub enum ErrorSide {
 pub enum ErrorKind {
     /// No route matches the request's host and path.
     NoRoute,
-    /// The route requires a client certificate and none was presented.
-    ClientCertRequired,
-    /// The client certificate's identity is not on the route's allowlist.
-    IdentityNotAllowed,
+    /// The product, or the engine's own checks of the request, refused it
+    /// with this status; `reason` is a short stable label such as
+    /// `invalid_host`.
+    Refused {
+        /// The status the client sees.
+        status: StatusCode,
+        /// A stable label for metrics and records.
+        reason: &'static str,
+    },
     /// The request headers exceed the configured size.
     HeadersTooLarge,
     /// The request body exceeds the configured size.
@@ -51,8 +56,7 @@ impl ErrorKind {
     pub fn side(&self) -> ErrorSide {
         match self {
             ErrorKind::NoRoute
-            | ErrorKind::ClientCertRequired
-            | ErrorKind::IdentityNotAllowed
+            | ErrorKind::Refused { .. }
             | ErrorKind::HeadersTooLarge
             | ErrorKind::BodyTooLarge
             | ErrorKind::DownstreamProtocol => ErrorSide::Downstream,
@@ -70,8 +74,7 @@ impl ErrorKind {
     pub fn reason(&self) -> &'static str {
         match self {
             ErrorKind::NoRoute => "no_route",
-            ErrorKind::ClientCertRequired => "client_cert_required",
-            ErrorKind::IdentityNotAllowed => "identity_not_allowed",
+            ErrorKind::Refused { reason, .. } => reason,
             ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::BodyTooLarge => "body_too_large",
             ErrorKind::ConnectFailed => "upstream_connect_failed",
@@ -89,8 +92,7 @@ impl ErrorKind {
     pub fn status(&self) -> StatusCode {
         match self {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::ClientCertRequired => StatusCode::UNAUTHORIZED,
-            ErrorKind::IdentityNotAllowed => StatusCode::FORBIDDEN,
+            ErrorKind::Refused { status, .. } => *status,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::ConnectFailed | ErrorKind::UpstreamTls | ErrorKind::UpstreamProtocol => {
@@ -127,6 +129,11 @@ impl Error {
             kind,
             detail: detail.into(),
         }
+    }
+
+    /// A refusal with `status` and a stable `reason` label.
+    pub fn refused(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Refused { status, reason }, detail)
     }
 
     /// Shorthand for [`ErrorKind::side`].

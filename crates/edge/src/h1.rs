@@ -467,12 +467,10 @@ impl Conn {
             Version::HTTP_11
         };
         // RFC 9112, section 9.3: HTTP/1.1 stays open unless `close` is
-        // said, HTTP/1.0 only when `keep-alive` is.
-        let mut keep_alive = if version == Version::HTTP_10 {
-            scan.keep_alive
-        } else {
-            !scan.close
-        };
+        // said. An HTTP/1.0 upstream's persistence rests on a `keep-alive`
+        // extension whose framing rules differ; its connection is never
+        // pooled.
+        let mut keep_alive = version == Version::HTTP_11 && !scan.close;
         let body = if status == StatusCode::SWITCHING_PROTOCOLS {
             keep_alive = false;
             Decoder::Upgrade
@@ -482,7 +480,12 @@ impl Conn {
         {
             Decoder::Done
         } else if let Some(chunked) = scan.chunked {
-            // A transfer coding overrides any length given beside it.
+            // A transfer coding overrides any length given beside it, but a
+            // response with both may be framed differently by whoever sent
+            // it (RFC 9112, section 6.3): this connection is not reused.
+            if scan.length.is_some() || scan.bad_length {
+                keep_alive = false;
+            }
             headers.remove(header::CONTENT_LENGTH);
             if chunked {
                 Decoder::Chunked(Chunk::Size)
@@ -553,10 +556,10 @@ fn encode_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The framing is always ours: a body-less request never carries the
+    // client's `content-length`, whatever it said.
     for (name, value) in headers {
-        if name == header::TRANSFER_ENCODING
-            || (framing != Framing::None && name == header::CONTENT_LENGTH)
-        {
+        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -565,6 +568,11 @@ fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     match framing {
+        // RFC 9110, section 8.6: a request whose method expects content says
+        // that it has none.
+        Framing::None if matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
         Framing::None => {}
         Framing::Length(n) => {
             out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
@@ -579,8 +587,6 @@ fn encode_head(
 struct Scan {
     /// `connection: close` was said.
     close: bool,
-    /// `connection: keep-alive` was said.
-    keep_alive: bool,
     /// `connection` names headers other than the hop-by-hop ones.
     names_others: bool,
     /// The length every `content-length` value agrees on.
@@ -624,9 +630,7 @@ impl Scan {
                 for t in tokens(value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         self.close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                        self.keep_alive = true;
-                    } else if !is_hop_by_hop(t) {
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") && !is_hop_by_hop(t) {
                         self.names_others = true;
                     }
                 }
@@ -958,7 +962,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("Content-Length", "3"),
         ]);
-        assert!(s.keep_alive && !s.close && s.names_others);
+        assert!(!s.close && s.names_others);
         assert_eq!(s.chunked, Some(true));
         assert_eq!(hops, [true, true, false, true, false]);
         let (s, _) = scan(&[
@@ -981,11 +985,18 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "POST /x?y HTTP/1.1\r\nhost: b\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+        // A body-less request never carries the client's length.
         let mut out = Vec::new();
         encode_head(&mut out, &Method::GET, "/", &headers, Framing::None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET / HTTP/1.1\r\nhost: b\r\ncontent-length: 99\r\n\r\n"
+            "GET / HTTP/1.1\r\nhost: b\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/", &headers, Framing::None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST / HTTP/1.1\r\nhost: b\r\ncontent-length: 0\r\n\r\n"
         );
     }
 }

@@ -4,7 +4,7 @@
 //! [`ProxyHttp::upstream_peer`] has a documented default, so a minimal proxy
 //! only says where requests go.
 
-use std::borrow::Cow;
+use std::any::Any;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -18,7 +18,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::body::{self, Body, Captured};
 use crate::error::Error;
-use crate::identity::ClientIdentity;
+use crate::route::{self, Authority, PathCheck};
 use crate::upstream::UpstreamGroup;
 
 /// What the engine knows about a downstream connection.
@@ -34,6 +34,8 @@ pub struct ConnInfo {
     pub tls: Option<TlsInfo>,
     /// The peer's IP as a header value, made on first use.
     peer_ip: OnceLock<HeaderValue>,
+    /// The product's own state for this connection, made on first use.
+    state: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl ConnInfo {
@@ -45,7 +47,17 @@ impl ConnInfo {
             local,
             tls,
             peer_ip: OnceLock::new(),
+            state: OnceLock::new(),
         }
+    }
+
+    /// The product's state for this connection (what it read from the
+    /// client certificate, say), made by `init` on first use. A product
+    /// keeps one type here; asking for another type gives `None`.
+    pub fn state<T: Any + Send + Sync>(&self, init: impl FnOnce(&ConnInfo) -> T) -> Option<&T> {
+        self.state
+            .get_or_init(|| Box::new(init(self)))
+            .downcast_ref()
     }
 
     /// The client's IP address as a header value (for `x-forwarded-for`).
@@ -69,8 +81,21 @@ pub struct TlsInfo {
     /// The client's certificate chain as presented (leaf first), verified by
     /// the listener's verifier; empty when the client sent none.
     pub peer_chain: Vec<CertificateDer<'static>>,
-    /// The identity read from the leaf, when one was presented.
-    pub identity: Option<Arc<ClientIdentity>>,
+    /// The configuration the handshake used: a product that reloads its
+    /// policy compares it with the one in force to know whether the chain
+    /// was verified under the current policy.
+    pub config: Arc<ServerConfig>,
+}
+
+/// What a client's TLS hello asked for, for choosing the configuration of
+/// its handshake.
+#[derive(Debug, Clone, Default)]
+pub struct ClientHello {
+    /// The server name (SNI), when one was sent.
+    pub server_name: Option<String>,
+    /// The application protocols offered (ALPN), in the client's order;
+    /// `acme-tls/1` among them marks an ACME TLS-ALPN-01 validation.
+    pub alpn: Vec<Vec<u8>>,
 }
 
 /// One request as seen by the phases.
@@ -86,6 +111,16 @@ pub struct Session {
     pub version: Version,
     /// Request headers; phases may change them before they are forwarded.
     pub headers: HeaderMap,
+    /// The one authority the request addresses, checked by the engine
+    /// before any phase runs; `None` only for HTTP/1.0 without a host.
+    pub authority: Option<Authority>,
+    /// The path normalised for matching, when it differs from the
+    /// request's (see [`route::normalize_path`] and [`Self::normal_path`]).
+    normalized: Option<String>,
+    /// What normalising the path found.
+    pub path_check: PathCheck,
+    /// The path and query sent upstream; the request's own when `None`.
+    pub upstream_path: Option<http::uri::PathAndQuery>,
     /// Keep up to this many bytes of the request body for [`Exchange`].
     pub capture_request_body: usize,
     /// Keep up to this many bytes of the response body for [`Exchange`].
@@ -95,14 +130,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// The host the client addressed: the URI authority (HTTP/2) or the Host
-    /// header (HTTP/1.1), without the port, lowercased.
-    pub fn host(&self) -> Option<Cow<'_, str>> {
-        host_of(&self.uri, &self.headers)
+    /// The host the client addressed, normalised: lowercase, no port, no
+    /// trailing dot.
+    pub fn host(&self) -> Option<&str> {
+        self.authority.as_ref().map(|a| a.host.as_str())
     }
 
-    /// A session for a request that just arrived.
-    pub fn new(conn: Arc<ConnInfo>, parts: http::request::Parts) -> Self {
+    /// A session for a request that just arrived, and whether its
+    /// authority is usable: one that is ambiguous or malformed is refused
+    /// before any phase runs.
+    pub fn new(
+        conn: Arc<ConnInfo>,
+        parts: http::request::Parts,
+    ) -> (Self, Result<(), route::AuthorityError>) {
         let upgrade = parts.version == Version::HTTP_11
             && parts.headers.contains_key(header::UPGRADE)
             && parts
@@ -112,16 +152,48 @@ impl Session {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-        Session {
+        let authority = route::authority_of(&parts.uri, &parts.headers, parts.version);
+        let normal = route::normalize_path(parts.uri.path());
+        let path_check = normal.check;
+        let normalized = match normal.path {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(p) => Some(p),
+        };
+        let mut session = Session {
             conn,
             method: parts.method,
             uri: parts.uri,
             version: parts.version,
             headers: parts.headers,
+            authority: None,
+            normalized,
+            path_check,
+            upstream_path: None,
             capture_request_body: 0,
             capture_response_body: 0,
             upgrade,
-        }
+        };
+        let checked = authority.map(|a| session.authority = a);
+        (session, checked)
+    }
+
+    /// The normalised path routes match on.
+    pub fn normal_path(&self) -> &str {
+        self.normalized.as_deref().unwrap_or(self.uri.path())
+    }
+
+    /// Sends the normalised path (with the request's query) upstream
+    /// instead of the path as received. Nothing changes when normalising
+    /// left the path as it was.
+    pub fn forward_normalized_path(&mut self) {
+        let Some(path) = &self.normalized else {
+            return;
+        };
+        let target = match self.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        self.upstream_path = http::uri::PathAndQuery::try_from(target).ok();
     }
 
     /// Whether this is an HTTP/1.1 protocol upgrade (WebSocket and friends),
@@ -129,25 +201,6 @@ impl Session {
     pub fn is_upgrade(&self) -> bool {
         self.upgrade
     }
-}
-
-/// The host a request addressed, from its URI or its Host header, without
-/// the port and lowercased (borrowed when it already is).
-fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<Cow<'a, str>> {
-    let raw = match uri.host() {
-        Some(h) => h,
-        None => headers.get(header::HOST)?.to_str().ok()?,
-    };
-    let host = match raw.rsplit_once(':') {
-        Some((h, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => raw,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    })
 }
 
 /// Everything the engine observed about one finished exchange.
@@ -163,6 +216,8 @@ pub struct Exchange {
     pub method: Method,
     /// Request target as received.
     pub uri: Uri,
+    /// The authority the request was routed on, when it had a usable one.
+    pub authority: Option<Authority>,
     /// Request headers as received from the client, after any changes
     /// [`ProxyHttp::request_filter`] made (not the copy sent upstream).
     /// Empty when [`ProxyHttp::exchange_headers`] said no.
@@ -184,14 +239,6 @@ pub struct Exchange {
     pub request_body: Option<Captured>,
     /// Captured response body prefix, when asked for.
     pub response_body: Option<Captured>,
-}
-
-impl Exchange {
-    /// The host the client addressed, as [`Session::host`] gives it; `None`
-    /// also when the headers were not kept.
-    pub fn host(&self) -> Option<Cow<'_, str>> {
-        host_of(&self.uri, &self.request_headers)
-    }
 }
 
 /// Where a request goes: a group of upstream targets.
@@ -341,17 +388,30 @@ pub trait ProxyHttp: Send + Sync + 'static {
         true
     }
 
-    /// Picks the TLS configuration for a connection from the server name the
-    /// client sent. Called before every handshake, so a reload takes effect
-    /// on the next connection. Default: no TLS (the handshake is refused).
-    fn tls_config(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
-        let _ = sni;
-        None
+    /// Picks the TLS configuration for a connection from what the client's
+    /// hello asked for (server name, ALPN protocols). Called before every
+    /// handshake, so a reload takes effect on the next connection; it may
+    /// wait, e.g. for a certificate issued on demand. Default: no TLS (the
+    /// handshake is refused).
+    fn tls_config(
+        &self,
+        hello: &ClientHello,
+    ) -> impl Future<Output = Option<Arc<ServerConfig>>> + Send {
+        let _ = hello;
+        async { None }
     }
 
     /// A TLS handshake failed; no request exists. Default: a debug log line.
     fn handshake_failed(&self, peer: SocketAddr, sni: Option<&str>, reason: &'static str) {
         tracing::debug!(%peer, ?sni, reason, "TLS handshake failed");
+    }
+
+    /// A request was refused before it could become a [`Session`]: its head
+    /// was malformed (400), too large (431), its URI too long (414), or it
+    /// did not arrive within the header timeout (408, the connection is
+    /// closed without an answer). Default: a debug log line.
+    fn request_refused(&self, conn: &ConnInfo, status: StatusCode, reason: &'static str) {
+        tracing::debug!(peer = %conn.peer, %status, reason, "request refused while parsing");
     }
 
     /// First look at a request. Return a response to answer it without an

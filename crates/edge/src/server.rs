@@ -2,16 +2,17 @@
 //! and slow-client timeouts, graceful drain, and the per-request flow that
 //! calls the [`ProxyHttp`] phases.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -24,8 +25,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::{self, Body, BoxError, Tap, Tapped};
 use crate::error::{Error, ErrorKind};
-use crate::identity::ClientIdentity;
-use crate::proxy::{ConnInfo, Exchange, ProxyHttp, Session, TlsInfo};
+use crate::proxy::{ClientHello, ConnInfo, Exchange, ProxyHttp, Session, TlsInfo};
 use crate::tls::handshake_failure_reason;
 use crate::upstream::SendError;
 
@@ -52,6 +52,11 @@ pub struct ServerSettings {
     pub http2: bool,
     /// Time given to in-flight requests when shutting down.
     pub shutdown_grace: Duration,
+    /// Connections one client IP may hold at once; 0 for no limit of its
+    /// own. Whatever it is, the last tenth of `max_connections` is kept for
+    /// clients that hold none yet, so that one client's idle sockets cannot
+    /// lock everyone else out.
+    pub max_connections_per_ip: usize,
     /// Prefix of the metrics this crate records, e.g. `mtls_proxy`.
     pub metric_prefix: String,
 }
@@ -67,6 +72,7 @@ impl Default for ServerSettings {
             max_body_bytes: 10 * 1024 * 1024,
             http2: true,
             shutdown_grace: Duration::from_secs(30),
+            max_connections_per_ip: 256,
             metric_prefix: "edge".into(),
         }
     }
@@ -91,6 +97,8 @@ pub struct Server<P: ProxyHttp> {
     shutting_down: tokio::sync::watch::Sender<bool>,
     closed: Notify,
     builder: auto::Builder<TokioExecutor>,
+    /// Open connections per client IP.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl<P: ProxyHttp> Server<P> {
@@ -103,7 +111,11 @@ impl<P: ProxyHttp> Server<P> {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
+            // hyper's own header timer starts as soon as it waits for a
+            // head, so it would end idle keep-alive connections too; the
+            // connection's watcher times heads instead (see
+            // `watch_connection`).
+            .header_read_timeout(None)
             .max_buf_size(hyper_buf)
             .keep_alive(true)
             // One flattened write per message measured about a microsecond
@@ -127,6 +139,7 @@ impl<P: ProxyHttp> Server<P> {
             shutting_down: tx,
             closed: Notify::new(),
             builder,
+            per_ip: Mutex::new(HashMap::new()),
         })
     }
 
@@ -160,20 +173,72 @@ impl<P: ProxyHttp> Server<P> {
                 }
             };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                metrics::counter!(refused.clone()).increment(1);
+                metrics::counter!(refused.clone(), "reason" => "max_connections").increment(1);
                 // Dropping the stream closes it right away; the client gets
                 // a quick refusal instead of a hang.
                 drop(stream);
                 continue;
             };
+            if let Err(reason) = self.take_ip_slot(peer.ip()) {
+                metrics::counter!(refused.clone(), "reason" => reason).increment(1);
+                drop(stream);
+                continue;
+            }
             let server = self.clone();
             tokio::spawn(async move {
                 let local = stream.local_addr().unwrap_or(peer);
                 server.connection(stream, peer, local, transport).await;
+                server.release_ip_slot(peer.ip());
                 drop(permit);
                 server.closed.notify_waiters();
             });
         }
+    }
+
+    /// Counts a new connection from `ip`, or says why it is refused: the
+    /// client holds its limit, or only the reserve is left and the client
+    /// already holds a connection.
+    fn take_ip_slot(&self, ip: IpAddr) -> Result<(), &'static str> {
+        let mut open = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let held = open.get(&ip).copied().unwrap_or(0);
+        let limit = self.settings.max_connections_per_ip;
+        if limit > 0 && held >= limit {
+            return Err("per_ip_limit");
+        }
+        // The permit for this connection is already taken.
+        let reserve = self.settings.max_connections / 10;
+        if held > 0 && self.permits.available_permits() < reserve {
+            return Err("reserve");
+        }
+        *open.entry(ip).or_insert(0) += 1;
+        Ok(())
+    }
+
+    fn release_ip_slot(&self, ip: IpAddr) {
+        let mut open = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
+
+    /// Serves every listener until `shutdown` completes, then drains open
+    /// connections (see [`Server::shutdown`]) and returns.
+    pub async fn run(
+        self: &Arc<Self>,
+        listeners: Vec<(TcpListener, Transport)>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut serving = tokio::task::JoinSet::new();
+        for (listener, transport) in listeners {
+            let server = self.clone();
+            serving.spawn(async move { server.serve(listener, transport).await });
+        }
+        shutdown.await;
+        self.shutdown().await;
+        while serving.join_next().await.is_some() {}
     }
 
     /// Stops accepting, asks open connections to finish their current
@@ -231,14 +296,25 @@ impl<P: ProxyHttp> Server<P> {
         let attempt = async {
             let start =
                 LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-            sni = start.client_hello().server_name().map(str::to_owned);
-            let Some(config) = self.proxy.tls_config(sni.as_deref()) else {
+            let hello = start.client_hello();
+            let hello = ClientHello {
+                server_name: hello.server_name().map(str::to_owned),
+                alpn: hello
+                    .alpn()
+                    .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default(),
+            };
+            sni = hello.server_name.clone();
+            let Some(config) = self.proxy.tls_config(&hello).await else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     rustls::Error::General("no certificate for this server name".into()),
                 ));
             };
-            start.into_stream(config).await
+            start
+                .into_stream(config.clone())
+                .await
+                .map(|tls| (tls, config))
         };
         let result = tokio::time::timeout(self.settings.handshake_timeout, attempt).await;
         let failure = |reason: &'static str| {
@@ -249,8 +325,8 @@ impl<P: ProxyHttp> Server<P> {
             .increment(1);
             self.proxy.handshake_failed(peer, sni.as_deref(), reason);
         };
-        let tls = match result {
-            Ok(Ok(tls)) => tls,
+        let (tls, config) = match result {
+            Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 failure(handshake_failure_reason(&e));
                 return None;
@@ -265,10 +341,6 @@ impl<P: ProxyHttp> Server<P> {
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
             .unwrap_or_default();
-        let identity = peer_chain
-            .first()
-            .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok())
-            .map(Arc::new);
         let info = TlsInfo {
             sni: session.server_name().map(str::to_owned),
             version: match session.protocol_version() {
@@ -278,7 +350,7 @@ impl<P: ProxyHttp> Server<P> {
             },
             alpn: session.alpn_protocol().map(<[u8]>::to_vec),
             peer_chain,
-            identity,
+            config,
         };
         Some((tls, info))
     }
@@ -294,6 +366,7 @@ impl<P: ProxyHttp> Server<P> {
         });
         let server = self.clone();
         let act = activity.clone();
+        let info = conn.clone();
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
             let conn = conn.clone();
@@ -302,7 +375,7 @@ impl<P: ProxyHttp> Server<P> {
         });
         let connection = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
-        // The shutdown signal and the idle clock are watched by a task of
+        // The shutdown signal and the timeouts are watched by a task of
         // their own, which says when to close. Polled here, they would be
         // polled again at every wake-up of the connection, several times
         // per request.
@@ -310,7 +383,10 @@ impl<P: ProxyHttp> Server<P> {
         tokio::spawn(watch_connection(
             self.shutting_down.subscribe(),
             activity,
-            self.settings.idle_timeout,
+            Timeouts {
+                idle: self.settings.idle_timeout,
+                header: self.settings.header_read_timeout,
+            },
             close_tx,
         ));
         let mut closing = false;
@@ -319,16 +395,58 @@ impl<P: ProxyHttp> Server<P> {
                 biased;
                 result = connection.as_mut() => {
                     if let Err(e) = result {
-                        tracing::debug!("connection ended with an error: {e}");
+                        match e.downcast_ref::<hyper::Error>() {
+                            Some(e) => self.refused_while_parsing(&info, e),
+                            None => tracing::debug!("connection ended with an error: {e}"),
+                        }
                     }
                     break;
                 }
-                _ = &mut close, if !closing => {
-                    connection.as_mut().graceful_shutdown();
+                why = &mut close, if !closing => {
                     closing = true;
+                    match why {
+                        Ok(Close::HeaderTimeout) => {
+                            // hyper would wait for the head it is reading;
+                            // dropping the connection closes the socket.
+                            self.refused(&info, StatusCode::REQUEST_TIMEOUT, "header_timeout");
+                            break;
+                        }
+                        _ => connection.as_mut().graceful_shutdown(),
+                    }
                 }
             }
         }
+    }
+
+    /// Reports a request hyper refused before it became one (a malformed
+    /// head, one too large, an over-long URI), with the status hyper sent.
+    fn refused_while_parsing(&self, conn: &ConnInfo, e: &hyper::Error) {
+        let (status, reason) = if e.is_parse_too_large() {
+            if e.to_string().contains("URI") {
+                (StatusCode::URI_TOO_LONG, "uri_too_long")
+            } else {
+                (
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                )
+            }
+        } else if e.is_parse() || e.is_parse_status() {
+            (StatusCode::BAD_REQUEST, "malformed_request")
+        } else {
+            tracing::debug!("connection ended with an error: {e}");
+            return;
+        };
+        tracing::debug!("request refused while parsing: {e}");
+        self.refused(conn, status, reason);
+    }
+
+    fn refused(&self, conn: &ConnInfo, status: StatusCode, reason: &'static str) {
+        metrics::counter!(
+            format!("{}_requests_refused_total", self.settings.metric_prefix),
+            "reason" => reason
+        )
+        .increment(1);
+        self.proxy.request_refused(conn, status, reason);
     }
 
     async fn handle(
@@ -338,6 +456,7 @@ impl<P: ProxyHttp> Server<P> {
         activity: Arc<Activity>,
     ) -> Response<Body> {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.started.fetch_add(1, Ordering::Relaxed);
         let upgrade =
             if req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE) {
                 Some(hyper::upgrade::on(&mut req))
@@ -345,7 +464,14 @@ impl<P: ProxyHttp> Server<P> {
                 None
             };
         let (parts, body) = req.into_parts();
-        let mut session = Session::new(conn, parts);
+        let (mut session, checked) = Session::new(conn, parts);
+        let refused = checked.err().map(|e| {
+            Error::refused(
+                StatusCode::BAD_REQUEST,
+                e.reason(),
+                "the request's authority is ambiguous or malformed",
+            )
+        });
         let mut ctx = self.proxy.new_ctx(&session);
         let keep_headers = self.proxy.exchange_headers(&ctx);
         let finish = Arc::new(Finish {
@@ -357,17 +483,19 @@ impl<P: ProxyHttp> Server<P> {
             state: Mutex::new(None),
         });
         let mut route = Routed::default();
-        let outcome = self
-            .forward(
-                &mut session,
-                &mut ctx,
-                body,
-                upgrade,
-                &finish,
-                &mut route,
-                keep_headers,
-            )
-            .await;
+        let outcome = match refused {
+            Some(err) => Err(err),
+            None => {
+                let mut fwd = Forwarding {
+                    session: &mut session,
+                    ctx: &mut ctx,
+                    finish: &finish,
+                    route: &mut route,
+                    keep_headers,
+                };
+                self.forward(&mut fwd, body, upgrade).await
+            }
+        };
         let (response, error) = match outcome {
             Ok(resp) => (resp, None),
             Err(err) => {
@@ -384,6 +512,7 @@ impl<P: ProxyHttp> Server<P> {
             duration: Duration::ZERO,
             method: session.method,
             uri: session.uri,
+            authority: session.authority,
             request_headers: session.headers,
             response_headers: keep_headers.then(|| response.headers().clone()),
             status: Some(response.status()),
@@ -409,19 +538,58 @@ impl<P: ProxyHttp> Server<P> {
         Response::from_parts(parts, body.boxed())
     }
 
-    // The arguments are the pieces of one request that `handle` keeps
-    // using afterwards; bundling them would only move the borrows around.
-    #[allow(clippy::too_many_arguments)]
+    /// The steps of one proxied request: the head's limits, the request
+    /// phases, the headers for the upstream, the exchange with it (retried
+    /// on another target when that is safe), an upgrade's splice, and the
+    /// response phase.
     async fn forward(
         &self,
-        session: &mut Session,
-        ctx: &mut P::Ctx,
+        fwd: &mut Forwarding<'_, P>,
         body: Incoming,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
-        finish: &Arc<Finish<P>>,
-        route: &mut Routed,
-        keep_headers: bool,
     ) -> Result<Response<Body>, Error> {
+        self.check_head(fwd.session)?;
+        if let Some(resp) = self.proxy.request_filter(fwd.session, fwd.ctx).await? {
+            return Ok(resp);
+        }
+        let group = self.proxy.upstream_peer(fwd.session, fwd.ctx)?;
+        let headers = self.upstream_headers(fwd)?;
+        let deadline = tokio::time::Instant::now() + group.settings().request_timeout;
+        fwd.route.deadline = Some(deadline);
+        let empty_body = body.is_end_stream();
+        let req_tap = fwd.finish.req_tap(fwd.session.capture_request_body);
+        let body = Tapped::new(
+            body,
+            req_tap.clone(),
+            Some(self.settings.max_body_bytes),
+            Some(deadline),
+            ErrorKind::DownstreamProtocol,
+            fwd.finish.clone(),
+        )
+        .boxed();
+        let attempt = Attempt {
+            group: &group,
+            headers,
+            body: (!empty_body).then_some(body),
+            req_tap: &req_tap,
+            deadline,
+        };
+        let response = self.exchange(fwd, attempt).await?;
+        let response = splice_upgrade(response, upgrade, fwd.finish);
+        let (mut parts, body) = response.into_parts();
+        // The client hears the version it spoke, whatever the upstream did.
+        parts.version = fwd.session.version;
+        self.proxy
+            .response_filter(fwd.session, parts.status, &mut parts.headers, fwd.ctx);
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(BoxError::from).boxed(),
+        ))
+    }
+
+    /// Refuses a request head over the size limit, or one whose declared
+    /// body is.
+    fn check_head(&self, session: &Session) -> Result<(), Error> {
         let head = head_size(session);
         if head > self.settings.max_header_bytes {
             return Err(Error::new(
@@ -437,57 +605,78 @@ impl<P: ProxyHttp> Server<P> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.settings.max_body_bytes) {
+        if let Some(n) = declared.filter(|&n| n > self.settings.max_body_bytes) {
             return Err(Error::new(
                 ErrorKind::BodyTooLarge,
                 format!(
-                    "content-length {} over limit {}",
-                    declared.unwrap_or(0),
+                    "content-length {n} over limit {}",
                     self.settings.max_body_bytes
                 ),
             ));
         }
-        if let Some(resp) = self.proxy.request_filter(session, ctx).await? {
-            return Ok(resp);
-        }
-        let group = self.proxy.upstream_peer(session, ctx)?;
+        Ok(())
+    }
+
+    /// The headers the upstream gets: the request's, with `Host` set to the
+    /// authority the request was routed on, then whatever
+    /// [`ProxyHttp::upstream_request_filter`] changes.
+    fn upstream_headers(&self, fwd: &mut Forwarding<'_, P>) -> Result<HeaderMap, Error> {
         // The exchange keeps the headers as they arrived only if the proxy
         // asked for them; otherwise they move to the upstream request.
-        let mut headers = if keep_headers {
-            session.headers.clone()
+        let mut headers = if fwd.keep_headers {
+            fwd.session.headers.clone()
         } else {
-            std::mem::take(&mut session.headers)
+            std::mem::take(&mut fwd.session.headers)
         };
+        if let Some(a) = &fwd.session.authority {
+            // HTTP/2 carries the host in `:authority`, an absolute-form
+            // target in the request line; the upstream speaks HTTP/1.1,
+            // which needs the header, and gets the authority routed on.
+            if headers
+                .get(header::HOST)
+                .is_none_or(|h| h.as_bytes() != a.raw.as_bytes())
+            {
+                let v = HeaderValue::from_str(&a.raw)
+                    .map_err(|_| Error::refused(StatusCode::BAD_REQUEST, "invalid_host", ""))?;
+                headers.insert(header::HOST, v);
+            }
+        }
         self.proxy
-            .upstream_request_filter(session, &mut headers, ctx)?;
-        let (request_timeout, header_timeout) = (
-            group.settings().request_timeout,
-            group.settings().header_timeout,
-        );
-        let deadline = tokio::time::Instant::now() + request_timeout;
-        route.deadline = Some(deadline);
-        let empty_body = body.is_end_stream();
-        let req_tap = finish.req_tap(session.capture_request_body);
-        let mut body = Some(
-            Tapped::new(
-                body,
-                req_tap.clone(),
-                Some(self.settings.max_body_bytes),
-                Some(deadline),
-                ErrorKind::DownstreamProtocol,
-                finish.clone(),
-            )
-            .boxed(),
-        );
+            .upstream_request_filter(fwd.session, &mut headers, fwd.ctx)?;
+        Ok(headers)
+    }
+
+    /// Sends the request to a target of the group and waits for the
+    /// response head; a body-less request that never reached a target is
+    /// sent to the next one.
+    async fn exchange(
+        &self,
+        fwd: &mut Forwarding<'_, P>,
+        mut attempt: Attempt<'_>,
+    ) -> Result<Response<crate::upstream::PooledBody>, Error> {
+        let group = attempt.group;
+        let session = &*fwd.session;
+        if session.authority.is_none() && !attempt.headers.contains_key(header::HOST) {
+            // An HTTP/1.0 client may send no host at all; HTTP/1.1 needs one.
+            if let Some(v) = group.targets()[0]
+                .base
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                attempt.headers.insert(header::HOST, v);
+            }
+        }
         let path = session
-            .uri
-            .path_and_query()
-            .cloned()
+            .upstream_path
+            .clone()
+            .or_else(|| session.uri.path_and_query().cloned())
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let header_timeout = group.settings().header_timeout;
+        let empty_body = attempt.body.is_none();
         // Targets that failed this request; allocated only on a retry.
         let mut tried = Vec::new();
         let mut attempts = 0;
-        let (index, mut response) = loop {
+        loop {
             let Some(index) = group.pick(&tried) else {
                 return Err(Error::new(
                     ErrorKind::ConnectFailed,
@@ -495,17 +684,7 @@ impl<P: ProxyHttp> Server<P> {
                 ));
             };
             attempts += 1;
-            let target = &group.targets()[index];
-            route.upstream = Some(target.label.clone());
-            if !headers.contains_key(header::HOST) {
-                // HTTP/2 carries the host in the URI, and an HTTP/1.0 client
-                // may send none at all; the upstream speaks HTTP/1.1, which
-                // needs the header.
-                let authority = session.uri.authority().or(target.base.authority());
-                if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-                    headers.insert(header::HOST, v);
-                }
-            }
+            fwd.route.upstream = Some(group.targets()[index].label.clone());
             let mut builder = Request::builder()
                 .method(session.method.clone())
                 .uri(http::Uri::from(path.clone()))
@@ -515,27 +694,26 @@ impl<P: ProxyHttp> Server<P> {
             let last = !empty_body || attempts == group.targets().len();
             if let Some(h) = builder.headers_mut() {
                 *h = if last {
-                    std::mem::take(&mut headers)
+                    std::mem::take(&mut attempt.headers)
                 } else {
-                    headers.clone()
+                    attempt.headers.clone()
                 };
             }
-            let req_body = if empty_body {
-                // A body-less request can be rebuilt for a retry; keep the
-                // original (which holds `finish`) for the last attempt only.
-                body::empty()
-            } else {
-                body.take().unwrap_or_else(body::empty)
-            };
+            let req_body = attempt.body.take().unwrap_or_else(body::empty);
             let req = builder
                 .body(req_body)
                 .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
-            let wait =
-                header_timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            let sent = tokio::time::timeout(wait, group.send(index, req)).await;
-            let err = match sent {
-                Ok(Ok(resp)) => break (index, resp),
-                Ok(Err(e)) => classify_send_error(e, &req_tap),
+            let wait = header_timeout.min(
+                attempt
+                    .deadline
+                    .saturating_duration_since(tokio::time::Instant::now()),
+            );
+            let err = match tokio::time::timeout(wait, group.send(index, req)).await {
+                Ok(Ok(resp)) => {
+                    group.mark_ok(index);
+                    return Ok(resp);
+                }
+                Ok(Err(e)) => classify_send_error(e, attempt.req_tap),
                 Err(_) => Error::new(
                     ErrorKind::HeaderTimeout,
                     format!("no response headers within {wait:?}"),
@@ -556,39 +734,59 @@ impl<P: ProxyHttp> Server<P> {
             }
             tried.push(index);
             tracing::debug!("retrying on another upstream after: {err}");
-        };
-        group.mark_ok(index);
-        drop(body);
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let (Some(down), Some(mut up)) = (upgrade, response.body_mut().take_upgraded()) {
-                let finish = finish.clone();
-                tokio::spawn(async move {
-                    let Ok(down) = down.await else {
-                        tracing::debug!("upgrade did not complete");
-                        return;
-                    };
-                    let mut down = TokioIo::new(down);
-                    if let Ok((to_up, to_down)) =
-                        tokio::io::copy_bidirectional(&mut down, &mut up).await
-                    {
-                        finish.req_tap(0).add(to_up);
-                        finish.resp_tap(0).add(to_down);
-                    }
-                    drop(finish);
-                });
-            }
         }
-        let (mut parts, body) = response.into_parts();
-        self.proxy
-            .response_filter(session, parts.status, &mut parts.headers, ctx);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed(),
-        ))
     }
 }
 
-/// Where [`Server::forward`] sent a request, for the exchange record and the
+/// One request on its way through [`Server::forward`]: the pieces
+/// [`Server::handle`] keeps using afterwards.
+struct Forwarding<'a, P: ProxyHttp> {
+    session: &'a mut Session,
+    ctx: &'a mut P::Ctx,
+    finish: &'a Arc<Finish<P>>,
+    route: &'a mut Routed,
+    keep_headers: bool,
+}
+
+/// What [`Server::exchange`] sends: headers ready for the upstream and the
+/// body, `None` when the request has none (and may be sent again).
+struct Attempt<'a> {
+    group: &'a crate::upstream::UpstreamGroup,
+    headers: HeaderMap,
+    body: Option<Body>,
+    req_tap: &'a Tap,
+    deadline: tokio::time::Instant,
+}
+
+/// After a 101, joins the client's upgraded connection to the upstream's
+/// in a task of its own, counting the bytes each way.
+fn splice_upgrade<P: ProxyHttp>(
+    mut response: Response<crate::upstream::PooledBody>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    finish: &Arc<Finish<P>>,
+) -> Response<crate::upstream::PooledBody> {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return response;
+    }
+    if let (Some(down), Some(mut up)) = (upgrade, response.body_mut().take_upgraded()) {
+        let finish = finish.clone();
+        tokio::spawn(async move {
+            let Ok(down) = down.await else {
+                tracing::debug!("upgrade did not complete");
+                return;
+            };
+            let mut down = TokioIo::new(down);
+            if let Ok((to_up, to_down)) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                finish.req_tap(0).add(to_up);
+                finish.resp_tap(0).add(to_down);
+            }
+            drop(finish);
+        });
+    }
+    response
+}
+
+/// Where [`Server::exchange`] sent a request, for the exchange record and the
 /// response body's deadline.
 #[derive(Default)]
 struct Routed {
@@ -711,14 +909,20 @@ impl<P: ProxyHttp> Drop for Finish<P> {
     }
 }
 
-/// Traffic and in-flight requests on one connection, for the idle timeout.
-/// The IO path only bumps a counter; the connection's idle check, which runs
-/// a few times per timeout, notices whether it moved. That keeps clock reads
-/// off every read and write.
+/// Traffic and requests on one connection, for its timeouts. The IO path
+/// only bumps counters; the connection's watcher, which looks a few times
+/// per timeout, notices whether they moved. That keeps clock reads off
+/// every read and write.
 #[derive(Debug, Default)]
 struct Activity {
+    /// Successful reads and writes.
     ops: AtomicU64,
+    /// Successful reads alone: bytes of a next request.
+    reads: AtomicU64,
+    /// Requests whose exchange is not over.
     in_flight: AtomicUsize,
+    /// Requests that began on this connection.
+    started: AtomicU64,
 }
 
 impl Activity {
@@ -727,55 +931,102 @@ impl Activity {
     }
 }
 
+/// Why a connection's watcher ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// Finish the request in flight, then close (shutdown, idle keep-alive).
+    Graceful,
+    /// A request head did not arrive in time: close now.
+    HeaderTimeout,
+}
+
+/// The timeouts a connection's watcher enforces.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    idle: Duration,
+    header: Duration,
+}
+
 /// Tells a connection to close, through `close`, once the server shuts
-/// down or the connection has been idle for `idle`; ends without a word
-/// when the connection ends first.
+/// down, a request head takes longer than the header timeout (counted from
+/// the connection's start for the first request, from the first byte of
+/// the head for later ones), or the connection has been idle between
+/// requests for the idle timeout. Ends without a word when the connection
+/// ends first.
 async fn watch_connection(
     mut stop: watch::Receiver<bool>,
     activity: Arc<Activity>,
-    idle: Duration,
-    mut close: oneshot::Sender<()>,
+    timeouts: Timeouts,
+    mut close: oneshot::Sender<Close>,
 ) {
-    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut watch = IdleWatch::new();
-    loop {
+    let every = (timeouts.idle.min(timeouts.header) / 4)
+        .clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut watch = ConnWatch::new();
+    let why = loop {
         tokio::select! {
             _ = close.closed() => return,
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(|s| *s) => break Close::Graceful,
             _ = tokio::time::sleep(every) => {
-                if watch.idle_for(&activity) >= idle {
-                    break;
+                if let Some(why) = watch.check(&activity, timeouts) {
+                    break why;
                 }
             }
         }
-    }
-    let _ = close.send(());
+    };
+    let _ = close.send(why);
 }
 
-/// The idle check's view of an [`Activity`]: when it last saw it change.
-struct IdleWatch {
+/// The watcher's view of an [`Activity`].
+struct ConnWatch {
     seen_ops: u64,
-    since: Instant,
+    /// When traffic or a request was last seen.
+    active_at: Instant,
+    /// Reads counted when the connection last fell idle, and when.
+    idle_reads: Option<(u64, Instant)>,
+    /// When the bytes of a next request head were first seen.
+    head_from: Option<Instant>,
+    opened: Instant,
 }
 
-impl IdleWatch {
+impl ConnWatch {
     fn new() -> Self {
-        IdleWatch {
+        let now = Instant::now();
+        ConnWatch {
             seen_ops: 0,
-            since: Instant::now(),
+            active_at: now,
+            idle_reads: None,
+            head_from: None,
+            opened: now,
         }
     }
 
-    /// How long the connection has had no traffic and no request in flight,
-    /// as far as this check can tell (to within one check interval).
-    fn idle_for(&mut self, activity: &Activity) -> Duration {
-        let ops = activity.ops.load(Ordering::Relaxed);
+    /// Whether the connection must close now (to within one check).
+    fn check(&mut self, activity: &Activity, t: Timeouts) -> Option<Close> {
         let now = Instant::now();
-        if ops != self.seen_ops || activity.in_flight.load(Ordering::Relaxed) > 0 {
+        let ops = activity.ops.load(Ordering::Relaxed);
+        let reads = activity.reads.load(Ordering::Relaxed);
+        if activity.in_flight.load(Ordering::Relaxed) > 0 {
             self.seen_ops = ops;
-            self.since = now;
+            self.active_at = now;
+            self.idle_reads = None;
+            self.head_from = None;
+            return None;
         }
-        now.duration_since(self.since)
+        if activity.started.load(Ordering::Relaxed) == 0 {
+            // No request yet: silence and a slow first head alike get the
+            // header timeout from the start.
+            return (now.duration_since(self.opened) >= t.header).then_some(Close::HeaderTimeout);
+        }
+        if ops != self.seen_ops {
+            self.seen_ops = ops;
+            self.active_at = now;
+        }
+        let (idle_reads, _) = *self.idle_reads.get_or_insert((reads, now));
+        if reads != idle_reads {
+            let from = *self.head_from.get_or_insert(now);
+            return (now.duration_since(from) >= t.header).then_some(Close::HeaderTimeout);
+        }
+        (now.duration_since(self.active_at) >= t.idle).then_some(Close::Graceful)
     }
 }
 
@@ -796,6 +1047,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity.touch();
+            this.activity.reads.fetch_add(1, Ordering::Relaxed);
         }
         r
     }

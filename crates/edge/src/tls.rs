@@ -1,7 +1,6 @@
 //! TLS building blocks: PEM loading, certificates chosen by SNI, client
 //! certificate verifiers, and client configurations for upstreams.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use rustls_pki_types::{
 };
 
 use crate::error::SetupError;
+use crate::route::{normalize_host, HostMap, HostPattern};
 
 /// The crypto provider every config in this crate uses (ring: quick to build).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -105,51 +105,37 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
 
 /// Server certificates chosen by SNI: exact names first, then `*.suffix`
 /// wildcards, then a default for clients that send no (or an unknown) name.
+/// Names are matched as [`crate::route`] matches request hosts.
 #[derive(Debug, Default)]
 pub struct SniCertResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
+    names: HostMap<Arc<CertifiedKey>>,
 }
 
 impl SniCertResolver {
     /// Adds a certificate for `names` (`*.example.com` is a wildcard). The
     /// first certificate added becomes the default.
-    pub fn add(&mut self, names: &[String], key: Arc<CertifiedKey>) {
+    pub fn add(&mut self, names: &[String], key: Arc<CertifiedKey>) -> Result<(), SetupError> {
         for name in names {
-            let name = name.to_ascii_lowercase();
-            match name.strip_prefix("*.") {
-                Some(suffix) => self.wildcard.insert(suffix.to_owned(), key.clone()),
-                None => self.exact.insert(name, key.clone()),
-            };
+            let pattern = HostPattern::parse(name).map_err(|e| {
+                SetupError::Invalid(format!("server name {name:?} is not a host name: {e}"))
+            })?;
+            self.names.insert(Some(pattern), key.clone());
         }
-        if self.default.is_none() {
-            self.default = Some(key);
+        if self.names.get_pattern(None).is_none() {
+            self.names.insert(None, key);
         }
+        Ok(())
     }
 
     /// The certificate for a server name.
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = sni.map(str::to_ascii_lowercase) else {
-            return self.default.clone();
-        };
-        if let Some(k) = self.exact.get(&name) {
-            return Some(k.clone());
-        }
-        if let Some((_, suffix)) = name.split_once('.') {
-            if let Some(k) = self.wildcard.get(suffix) {
-                return Some(k.clone());
-            }
-        }
-        self.default.clone()
+        let name = sni.and_then(|n| normalize_host(n).ok());
+        self.names.lookup(name.as_deref()).cloned()
     }
 
     /// Every certificate chain held, for expiry checks.
     pub fn certificates(&self) -> impl Iterator<Item = &Arc<CertifiedKey>> {
-        self.exact
-            .values()
-            .chain(self.wildcard.values())
-            .chain(self.default.iter())
+        self.names.values()
     }
 }
 
@@ -182,6 +168,37 @@ pub enum StaleCrlPolicy {
     Allow,
 }
 
+/// Which certificates of a client's chain revocation is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub enum CrlScope {
+    /// The end entity only. Right for the common root → intermediate → leaf
+    /// PKI whose one CRL comes from the intermediate: the intermediate's own
+    /// status, which only the root's CRL could tell, is not asked for.
+    #[default]
+    Leaf,
+    /// Every certificate of the chain up to the trust anchor.
+    Chain,
+}
+
+/// What to do with a certificate whose revocation status no CRL tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub enum UnknownRevocation {
+    /// Refuse it.
+    #[default]
+    Deny,
+    /// Accept it.
+    Allow,
+}
+
+/// How client certificates are checked for revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct RevocationPolicy {
+    /// Which certificates are checked.
+    pub scope: CrlScope,
+    /// A certificate no CRL covers.
+    pub unknown: UnknownRevocation,
+}
+
 /// Trust settings for verifying client certificates.
 #[derive(Debug, Clone)]
 pub struct ClientTrust {
@@ -191,6 +208,21 @@ pub struct ClientTrust {
     pub crls: Vec<CertificateRevocationListDer<'static>>,
     /// Policy for expired CRLs.
     pub stale_crl: StaleCrlPolicy,
+    /// Which certificates are checked and what an unknown status means.
+    pub revocation: RevocationPolicy,
+}
+
+/// Checks that every CRL in a PEM file parses as the verifier will parse
+/// it, naming the file and the reason when one does not.
+pub fn check_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, SetupError> {
+    let crls = load_crls(path)?;
+    for (i, crl) in crls.iter().enumerate() {
+        webpki::OwnedCertRevocationList::from_der(crl.as_ref()).map_err(|e| SetupError::Pem {
+            path: path.display().to_string(),
+            what: format!("CRL #{} cannot be used: {e:?}", i + 1),
+        })?;
+    }
+    Ok(crls)
 }
 
 /// Builds a client certificate verifier for `mode`.
@@ -206,6 +238,12 @@ pub fn client_verifier(
         builder = builder.with_crls(trust.crls.iter().cloned());
         if trust.stale_crl == StaleCrlPolicy::Deny {
             builder = builder.enforce_revocation_expiration();
+        }
+        if trust.revocation.scope == CrlScope::Leaf {
+            builder = builder.only_check_end_entity_revocation();
+        }
+        if trust.revocation.unknown == UnknownRevocation::Allow {
+            builder = builder.allow_unknown_revocation_status();
         }
     }
     if mode == ClientAuthMode::Optional {

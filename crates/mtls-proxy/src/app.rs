@@ -80,6 +80,7 @@ pub fn server_settings(config: &Config) -> ServerSettings {
         max_body_bytes: s.max_body_bytes,
         http2: s.http2,
         shutdown_grace: s.shutdown_grace,
+        max_connections_per_ip: s.max_connections_per_ip,
         metric_prefix: "mtls_proxy".into(),
     }
 }

@@ -96,6 +96,18 @@ pub struct ServerConfig {
     /// How often referenced files are checked for changes (0 turns it off).
     #[serde(deserialize_with = "duration")]
     pub watch_interval: Duration,
+    /// Connections one client IP may hold at once (0: no limit of its own),
+    /// so that one client's idle sockets cannot take every slot.
+    pub max_connections_per_ip: usize,
+    /// Bearer token the admin listener asks for, as `sha256:<hex>` of the
+    /// token (`echo -n TOKEN | sha256sum`); unset leaves it open.
+    pub admin_token_sha256: Option<String>,
+    /// A file holding the admin token itself (first line; keep it 0600).
+    pub admin_token_file: Option<PathBuf>,
+    /// `Host` values the admin listener answers to, besides `localhost`,
+    /// loopback addresses and its own address: the defence against DNS
+    /// rebinding.
+    pub admin_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +127,10 @@ impl Default for ServerConfig {
             identity_header: "x-forwarded-client-cert".into(),
             cert_expiry_margin: Duration::from_secs(7 * 24 * 3600),
             watch_interval: Duration::from_secs(2),
+            max_connections_per_ip: 256,
+            admin_token_sha256: None,
+            admin_token_file: None,
+            admin_hosts: Vec::new(),
         }
     }
 }
@@ -143,6 +159,65 @@ pub struct ClientAuthConfig {
     /// What to do when a CRL is past its next update: `deny` or `allow`.
     #[serde(default)]
     pub stale_crl: StaleCrl,
+    /// Whose revocation is checked: `leaf` (the end entity only, right for
+    /// a root → intermediate → leaf PKI with the intermediate's CRL) or
+    /// `chain` (every certificate; each issuer's CRL must be given).
+    #[serde(default)]
+    pub crl_scope: CrlScope,
+    /// A certificate no CRL covers: `deny` or `allow`.
+    #[serde(default)]
+    pub unknown_revocation: UnknownRevocation,
+}
+
+/// Whose revocation status is checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlScope {
+    /// The end entity only.
+    #[default]
+    Leaf,
+    /// Every certificate of the chain.
+    Chain,
+}
+
+/// What an unknown revocation status means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownRevocation {
+    /// Refuse the certificate.
+    #[default]
+    Deny,
+    /// Accept it.
+    Allow,
+}
+
+/// Which path a route's upstream gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamPath {
+    /// The path the route matched on: unreserved escapes decoded, dot
+    /// segments resolved, `//` merged. The upstream sees what was judged.
+    #[default]
+    Normalized,
+    /// The path exactly as the client sent it.
+    Original,
+}
+
+/// Request headers a route removes and sets before the upstream sees them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    /// Header names removed from every request (`forwarded`,
+    /// `x-forwarded-host`, `x-real-ip`...).
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Headers set on every request, replacing any the client sent. Values
+    /// may hold `{client.subject}`, `{client.uri}`, `{client.dns}`,
+    /// `{client.cn}`, `{client.email}` and `{client.fingerprint}`, taken
+    /// from the verified certificate; a header whose variable has no value
+    /// is removed instead.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
 }
 
 /// Policy for stale CRLs.
@@ -264,6 +339,20 @@ pub struct RouteConfig {
     /// Upstream connection settings.
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// The path the upstream gets: `normalized` (default) or `original`.
+    #[serde(default)]
+    pub upstream_path: UpstreamPath,
+    /// Accept paths that climb above `/` or hold an encoded `/`, `\\` or
+    /// NUL; refused with 400 otherwise.
+    #[serde(default)]
+    pub allow_unusual_paths: bool,
+    /// Request headers removed and set for this route.
+    #[serde(default)]
+    pub headers: HeaderRules,
+    /// Overrides `client_auth.crl_scope` for this route.
+    pub crl_scope: Option<CrlScope>,
+    /// Overrides `client_auth.unknown_revocation` for this route.
+    pub unknown_revocation: Option<UnknownRevocation>,
 }
 
 /// Log output.
@@ -331,6 +420,9 @@ impl Config {
             fix(&mut c.key);
         }
         self.client_auth.crls.iter_mut().for_each(fix);
+        if let Some(p) = &mut self.server.admin_token_file {
+            fix(p);
+        }
         if let Some(s) = &mut self.store {
             fix(&mut s.path);
         }
@@ -388,6 +480,21 @@ impl Config {
         }
         http::HeaderName::from_bytes(s.identity_header.as_bytes())
             .map_err(|_| self.invalid("server.identity_header", "not a valid header name"))?;
+        if let Some(t) = &s.admin_token_sha256 {
+            let hex = t.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(self.invalid(
+                    "server.admin_token_sha256",
+                    "must be `sha256:` and 64 hex digits (`echo -n TOKEN | sha256sum`)",
+                ));
+            }
+        }
+        if s.admin_token_sha256.is_some() && s.admin_token_file.is_some() {
+            return Err(self.invalid(
+                "server.admin_token_file",
+                "set either admin_token_sha256 or admin_token_file, not both",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let key = |k: &str| format!("routes[{i}].{k}");
@@ -408,6 +515,23 @@ impl Config {
                     key("client_ca"),
                     "client_auth is on but no CA bundle is given",
                 ));
+            }
+            if let Some(h) = &r.host {
+                edge::HostPattern::parse(h).map_err(|e| {
+                    self.invalid(
+                        key("host"),
+                        format!("{h:?} is not a host name or `*.suffix` ({e})"),
+                    )
+                })?;
+            }
+            for name in r.headers.remove.iter().chain(r.headers.set.keys()) {
+                http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    self.invalid(key("headers"), format!("{name:?} is not a header name"))
+                })?;
+            }
+            for (name, value) in &r.headers.set {
+                crate::headers::HeaderTemplate::parse(value)
+                    .map_err(|e| self.invalid(key(&format!("headers.set.{name}")), e))?;
             }
             if r.client_auth != ClientCertMode::Off && s.https.is_none() {
                 return Err(self.invalid(

@@ -14,6 +14,8 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod headers;
+pub mod identity;
 pub mod proxy;
 pub mod runtime;
 pub mod store;

@@ -4,24 +4,34 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use edge::tls::{self, ClientAuthMode, ClientTrust, SniCertResolver, StaleCrlPolicy};
-use edge::{Allowlist, UpstreamGroup, UpstreamSettings};
+use edge::route::normalize_host;
+use edge::tls::{
+    self, ClientAuthMode, ClientTrust, CrlScope, RevocationPolicy, SniCertResolver, StaleCrlPolicy,
+    UnknownRevocation,
+};
+use edge::{HostMap, HostPattern, RouteTable, UpstreamGroup, UpstreamSettings};
 use http::HeaderName;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateRevocationListDer;
 
-use crate::config::{ClientCertMode, Config, ConfigError, StaleCrl};
+use crate::config::{self, ClientCertMode, Config, ConfigError, StaleCrl, UpstreamPath};
+use crate::headers::HeaderRules;
+use crate::identity::{Allowlist, ClientIdentity};
+
+/// Counts runtimes built, so a connection can tell whether the policy it
+/// was last checked against is still the one in force.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// A route ready to serve.
 pub struct Route {
     /// Name for records and metrics.
     pub name: Arc<str>,
     host: Option<HostPattern>,
-    prefix: String,
     /// Where requests go.
     pub group: Arc<UpstreamGroup>,
     /// Client certificate policy.
@@ -35,6 +45,13 @@ pub struct Route {
     pub capture_body: usize,
     /// Metric handles, resolved once instead of on every request.
     pub metrics: RouteMetrics,
+    /// Which path the upstream gets.
+    pub upstream_path: UpstreamPath,
+    /// Whether paths that climb above `/` or hold encoded `/`, `\\` or NUL
+    /// are let through.
+    pub allow_unusual_paths: bool,
+    /// Request headers removed and set.
+    pub headers: HeaderRules,
 }
 
 /// Per-route metric handles. Looking a labelled metric up in the registry
@@ -64,44 +81,22 @@ impl RouteMetrics {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum HostPattern {
-    Exact(String),
-    /// `*.suffix`: one label in front of `suffix`.
-    Wildcard(String),
-}
-
-impl HostPattern {
-    fn parse(s: &str) -> Self {
-        let s = s.to_ascii_lowercase();
-        match s.strip_prefix("*.") {
-            Some(suffix) => HostPattern::Wildcard(suffix.to_owned()),
-            None => HostPattern::Exact(s),
-        }
-    }
-
-    fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Exact(h) => h == host,
-            HostPattern::Wildcard(suffix) => host
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-        }
-    }
-
-    fn specificity(&self) -> u8 {
-        match self {
-            HostPattern::Exact(_) => 2,
-            HostPattern::Wildcard(_) => 1,
-        }
-    }
+/// The handshake settings for the names of one host pattern.
+pub struct TlsSet {
+    /// The server configuration handshakes use.
+    pub config: Arc<ServerConfig>,
+    /// Its client certificate verifier, to check again a chain verified
+    /// under an earlier runtime.
+    pub verifier: Arc<dyn ClientCertVerifier>,
 }
 
 /// Everything reload swaps at once.
 pub struct Runtime {
-    /// Routes, most specific first.
-    pub routes: Vec<Arc<Route>>,
-    tls: HashMap<Option<HostPattern>, Arc<ServerConfig>>,
+    /// Routes by host and path prefix.
+    pub routes: RouteTable<Arc<Route>>,
+    tls: HostMap<TlsSet>,
+    /// Which build this is; a later build has a larger number.
+    pub generation: u64,
     /// Header carrying the verified identity upstream.
     pub identity_header: HeaderName,
     /// Server certificates: name and expiry of each leaf.
@@ -122,7 +117,7 @@ impl Runtime {
             let leaf = key
                 .end_entity_cert()
                 .map_err(|e| config.invalid(format!("certificates[{i}].cert"), e.to_string()))?;
-            let id = edge::ClientIdentity::from_der(leaf.as_ref())
+            let id = ClientIdentity::from_der(leaf.as_ref())
                 .map_err(|e| config.invalid(format!("certificates[{i}].cert"), e.to_string()))?;
             let names = if c.names.is_empty() {
                 id.dns.clone()
@@ -136,7 +131,9 @@ impl Runtime {
                 ));
             }
             certificates.push((names.join(","), not_after(leaf.as_ref())));
-            resolver.add(&names, key);
+            resolver
+                .add(&names, key)
+                .map_err(|e| config.invalid(format!("certificates[{i}].names"), e.to_string()))?;
             files.extend([c.cert.clone(), c.key.clone()]);
         }
         let resolver = Arc::new(resolver);
@@ -144,7 +141,7 @@ impl Runtime {
         let mut crls: Vec<CertificateRevocationListDer<'static>> = Vec::new();
         for (i, path) in config.client_auth.crls.iter().enumerate() {
             crls.extend(
-                tls::load_crls(path)
+                tls::check_crls(path)
                     .map_err(|e| config.invalid(format!("client_auth.crls[{i}]"), e.to_string()))?,
             );
             files.push(path.clone());
@@ -157,7 +154,9 @@ impl Runtime {
         // Each route: its upstream group, allowlist and CA set.
         struct Draft {
             route: Route,
+            prefix: String,
             cas: Vec<PathBuf>,
+            revocation: RevocationPolicy,
         }
         let mut drafts = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
@@ -192,19 +191,35 @@ impl Runtime {
                 })?;
             }
             files.extend(cas.iter().cloned());
+            let host = r
+                .host
+                .as_deref()
+                .map(HostPattern::parse)
+                .transpose()
+                .map_err(|e| config.invalid(key("host"), e.to_string()))?;
+            let headers =
+                HeaderRules::build(&r.headers).map_err(|e| config.invalid(key("headers"), e))?;
             drafts.push(Draft {
                 route: Route {
                     name: r.name.as_str().into(),
-                    host: r.host.as_deref().map(HostPattern::parse),
-                    prefix: r.path_prefix.clone(),
+                    host,
                     group: Arc::new(group),
                     mode: r.client_auth,
                     recheck: None,
                     allow,
                     capture_body: r.capture_body,
                     metrics: RouteMetrics::new(&r.name),
+                    upstream_path: r.upstream_path,
+                    allow_unusual_paths: r.allow_unusual_paths,
+                    headers,
                 },
+                prefix: r.path_prefix.clone(),
                 cas,
+                revocation: revocation(
+                    r.crl_scope.unwrap_or(config.client_auth.crl_scope),
+                    r.unknown_revocation
+                        .unwrap_or(config.client_auth.unknown_revocation),
+                ),
             });
         }
 
@@ -216,8 +231,9 @@ impl Runtime {
         hosts.push(None);
         hosts.sort_by_key(|h| format!("{h:?}"));
         hosts.dedup();
-        let mut tls_configs = HashMap::new();
-        let mut handshake_cas: HashMap<Option<HostPattern>, Vec<PathBuf>> = HashMap::new();
+        let mut tls_configs = HostMap::default();
+        let mut handshake: HashMap<Option<HostPattern>, (Vec<PathBuf>, RevocationPolicy)> =
+            HashMap::new();
         for host in hosts {
             let serving: Vec<&Draft> = drafts
                 .iter()
@@ -251,32 +267,55 @@ impl Runtime {
             let mut cas: Vec<PathBuf> = wants.iter().flat_map(|d| d.cas.iter().cloned()).collect();
             cas.sort();
             cas.dedup();
+            // The handshake is as lenient as the most lenient route that
+            // may serve the name; stricter routes check again.
+            let policy = RevocationPolicy {
+                scope: wants
+                    .iter()
+                    .map(|d| d.revocation.scope)
+                    .min()
+                    .unwrap_or_default(),
+                unknown: wants
+                    .iter()
+                    .map(|d| d.revocation.unknown)
+                    .max()
+                    .unwrap_or_default(),
+            };
             let verifier = if mode == ClientAuthMode::Off {
-                tls::client_verifier(mode, &trust(&[], &crls, stale_crl)?)
+                tls::client_verifier(mode, &trust(&[], &crls, stale_crl, policy)?)
             } else {
-                tls::client_verifier(mode, &trust(&cas, &crls, stale_crl)?)
+                tls::client_verifier(mode, &trust(&cas, &crls, stale_crl, policy)?)
             }
             .map_err(|e| config.invalid("routes", e.to_string()))?;
-            let server = tls::server_config(resolver.clone(), verifier, config.server.http2)
-                .map_err(|e| config.invalid("certificates", e.to_string()))?;
-            tls_configs.insert(host.clone(), server);
-            handshake_cas.insert(host, cas);
+            let server =
+                tls::server_config(resolver.clone(), verifier.clone(), config.server.http2)
+                    .map_err(|e| config.invalid("certificates", e.to_string()))?;
+            tls_configs.insert(
+                host.clone(),
+                TlsSet {
+                    config: server,
+                    verifier,
+                },
+            );
+            handshake.insert(host, (cas, policy));
         }
 
-        let mut routes = Vec::new();
+        let mut routes = RouteTable::default();
         for d in drafts {
             let mut route = d.route;
             if route.mode != ClientCertMode::Off {
                 // The handshake checked the chain against every CA of the
-                // routes sharing this host; a route with fewer CAs checks again.
-                let differs = handshake_cas
+                // routes sharing this host, as leniently as the most lenient
+                // of them; a route with fewer CAs or a stricter revocation
+                // policy checks again.
+                let differs = handshake
                     .iter()
                     .filter(|(h, _)| route.host.is_none() || **h == route.host)
-                    .any(|(_, cas)| *cas != d.cas);
+                    .any(|(_, (cas, policy))| *cas != d.cas || *policy != d.revocation);
                 if differs {
                     let v = tls::client_verifier(
                         ClientAuthMode::Required,
-                        &trust(&d.cas, &crls, stale_crl)?,
+                        &trust(&d.cas, &crls, stale_crl, d.revocation)?,
                     )
                     .map_err(|e| {
                         config.invalid(format!("routes.{}.client_ca", route.name), e.to_string())
@@ -284,19 +323,14 @@ impl Runtime {
                     route.recheck = Some(v);
                 }
             }
-            routes.push(Arc::new(route));
+            routes.add(route.host.clone(), &d.prefix, Arc::new(route));
         }
-        routes.sort_by(|a, b| {
-            let spec = |r: &Route| r.host.as_ref().map_or(0, HostPattern::specificity);
-            spec(b)
-                .cmp(&spec(a))
-                .then(b.prefix.len().cmp(&a.prefix.len()))
-        });
         files.sort();
         files.dedup();
         Ok(Runtime {
             routes,
             tls: tls_configs,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             identity_header: HeaderName::from_bytes(config.server.identity_header.as_bytes())
                 .map_err(|_| config.invalid("server.identity_header", "not a valid header name"))?,
             certificates,
@@ -304,54 +338,36 @@ impl Runtime {
         })
     }
 
-    /// The route for a host and path.
+    /// The route for a normalised host and path.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| {
-            let host_ok = match (&r.host, host) {
-                (None, _) => true,
-                (Some(p), Some(h)) => p.matches(h),
-                (Some(_), None) => false,
-            };
-            host_ok && prefix_matches(&r.prefix, path)
-        })
+        self.routes.lookup(host, path)
     }
 
-    /// The TLS config for a server name.
-    pub fn tls_for(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
-        if let Some(name) = sni.map(str::to_ascii_lowercase) {
-            let exact = HostPattern::Exact(name.clone());
-            if let Some(c) = self.tls.get(&Some(exact)) {
-                return Some(c.clone());
-            }
-            if let Some((_, suffix)) = name.split_once('.') {
-                if let Some(c) = self
-                    .tls
-                    .get(&Some(HostPattern::Wildcard(suffix.to_owned())))
-                {
-                    return Some(c.clone());
-                }
-            }
-        }
-        self.tls.get(&None).cloned()
+    /// The handshake settings for a server name.
+    pub fn tls_for(&self, sni: Option<&str>) -> Option<&TlsSet> {
+        let name = sni.and_then(|n| normalize_host(n).ok());
+        self.tls.lookup(name.as_deref())
     }
 }
 
-/// `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return true;
+fn revocation(scope: config::CrlScope, unknown: config::UnknownRevocation) -> RevocationPolicy {
+    RevocationPolicy {
+        scope: match scope {
+            config::CrlScope::Leaf => CrlScope::Leaf,
+            config::CrlScope::Chain => CrlScope::Chain,
+        },
+        unknown: match unknown {
+            config::UnknownRevocation::Deny => UnknownRevocation::Deny,
+            config::UnknownRevocation::Allow => UnknownRevocation::Allow,
+        },
     }
-    let p = prefix.trim_end_matches('/');
-    path == p
-        || path
-            .strip_prefix(p)
-            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn trust(
     cas: &[PathBuf],
     crls: &[CertificateRevocationListDer<'static>],
     stale_crl: StaleCrlPolicy,
+    revocation: RevocationPolicy,
 ) -> Result<ClientTrust, ConfigError> {
     let roots = tls::load_roots(cas).map_err(|e| ConfigError::Invalid {
         file: cas
@@ -365,6 +381,7 @@ fn trust(
         roots: Arc::new(roots),
         crls: crls.to_vec(),
         stale_crl,
+        revocation,
     })
 }
 
@@ -391,26 +408,4 @@ pub fn fingerprint(files: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)>
             )
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_match_whole_segments() {
-        assert!(prefix_matches("/", "/anything"));
-        assert!(prefix_matches("/api", "/api"));
-        assert!(prefix_matches("/api/", "/api/x"));
-        assert!(prefix_matches("/api", "/api/x"));
-        assert!(!prefix_matches("/api", "/apix"));
-    }
-
-    #[test]
-    fn host_wildcards_cover_one_label() {
-        let p = HostPattern::parse("*.Example.com");
-        assert!(p.matches("a.example.com"));
-        assert!(!p.matches("example.com"));
-        assert!(!p.matches("a.b.example.com"));
-    }
 }

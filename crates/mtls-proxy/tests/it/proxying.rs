@@ -263,7 +263,7 @@ async fn tls_backend(pki: &Pki, ca: &Issued) -> std::net::SocketAddr {
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .and_then(|c| edge::ClientIdentity::from_der(c.as_ref()).ok())
+                    .and_then(|c| mtls_proxy::identity::ClientIdentity::from_der(c.as_ref()).ok())
                     .and_then(|i| i.common_name)
                     .unwrap_or_default();
                 let svc = hyper::service::service_fn(move |_req| {

@@ -1,4 +1,5 @@
-//! Client identities read from verified certificates, and allowlists over them.
+//! Client identities read from verified certificates, the header that
+//! carries them upstream, and allowlists over them.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -9,7 +10,10 @@ use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::error::SetupError;
+/// A certificate or pattern that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct IdentityError(String);
 
 /// What a verified client certificate says about its holder.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,9 +37,9 @@ pub struct ClientIdentity {
 
 impl ClientIdentity {
     /// Reads the identity out of a leaf certificate in DER form.
-    pub fn from_der(der: &[u8]) -> Result<Self, SetupError> {
+    pub fn from_der(der: &[u8]) -> Result<Self, IdentityError> {
         let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| SetupError::Invalid(format!("client certificate: {e}")))?;
+            .map_err(|e| IdentityError(format!("client certificate: {e}")))?;
         let mut id = ClientIdentity {
             common_name: cert
                 .subject()
@@ -80,21 +84,48 @@ impl ClientIdentity {
     }
 
     /// The value of an `x-forwarded-client-cert` style header, in the
-    /// `Key=value;Key=value` form Envoy uses.
+    /// `Key=value;Key=value` form Envoy uses, quoted as Envoy quotes it: a
+    /// value holding `,`, `;`, `=`, `"`, `\\` or white space is put in double
+    /// quotes with `"` and `\\` escaped, so no name in a certificate can
+    /// add a field or an element of its own. The subject is always quoted.
     pub fn forwarded_header(&self) -> String {
         let mut out = format!("Hash={}", self.fingerprint);
-        let _ = write!(out, ";Subject=\"{}\"", self.subject.replace('"', "\\\""));
-        for u in &self.uris {
-            let _ = write!(out, ";URI={u}");
-        }
-        for d in &self.dns {
-            let _ = write!(out, ";DNS={d}");
-        }
-        for e in &self.emails {
-            let _ = write!(out, ";Email={e}");
+        out.push_str(";Subject=");
+        push_quoted(&mut out, &self.subject);
+        for (key, values) in [
+            ("URI", &self.uris),
+            ("DNS", &self.dns),
+            ("Email", &self.emails),
+        ] {
+            for v in values {
+                let _ = write!(out, ";{key}=");
+                if needs_quotes(v) {
+                    push_quoted(&mut out, v);
+                } else {
+                    out.push_str(v);
+                }
+            }
         }
         out
     }
+}
+
+/// Whether an XFCC value must be quoted.
+fn needs_quotes(v: &str) -> bool {
+    v.is_empty()
+        || v.bytes()
+            .any(|b| matches!(b, b',' | b';' | b'=' | b'"' | b'\\') || b.is_ascii_whitespace())
+}
+
+fn push_quoted(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 /// A name pattern where `*` matches within one segment and `**` across any
@@ -120,15 +151,21 @@ fn is_separator(b: u8) -> bool {
     matches!(b, b'.' | b'/' | b':' | b'@')
 }
 
+/// Characters no wildcard matches: they structure the identity header, so
+/// a name holding them is only let through when a pattern spells them out.
+fn is_structural(b: u8) -> bool {
+    matches!(b, b';' | b',' | b'=' | b'"')
+}
+
 impl NamePattern {
     /// Parses a pattern. Three stars in a row are refused because they have
     /// no clear meaning.
-    pub fn parse(raw: &str, case_insensitive: bool) -> Result<Self, SetupError> {
+    pub fn parse(raw: &str, case_insensitive: bool) -> Result<Self, IdentityError> {
         if raw.is_empty() {
-            return Err(SetupError::Invalid("empty name pattern".into()));
+            return Err(IdentityError("empty name pattern".into()));
         }
         if raw.contains("***") {
-            return Err(SetupError::Invalid(format!(
+            return Err(IdentityError(format!(
                 "pattern {raw:?}: `***` is not allowed; use `*` for one segment or `**` for any number"
             )));
         }
@@ -184,7 +221,7 @@ fn matches_at(tokens: &[Token], name: &[u8]) -> bool {
         Some((Token::Literal(c), rest)) => name.first() == Some(c) && matches_at(rest, &name[1..]),
         Some((Token::Segment, rest)) => {
             let mut n = 0;
-            while n < name.len() && !is_separator(name[n]) {
+            while n < name.len() && !is_separator(name[n]) && !is_structural(name[n]) {
                 n += 1;
                 if matches_at(rest, &name[n..]) {
                     return true;
@@ -192,7 +229,10 @@ fn matches_at(tokens: &[Token], name: &[u8]) -> bool {
             }
             false
         }
-        Some((Token::Any, rest)) => (1..=name.len()).any(|n| matches_at(rest, &name[n..])),
+        Some((Token::Any, rest)) => {
+            let run = name.iter().take_while(|&&b| !is_structural(b)).count();
+            (1..=run).any(|n| matches_at(rest, &name[n..]))
+        }
     }
 }
 
@@ -218,8 +258,8 @@ impl Allowlist {
         dns: &[String],
         uris: &[String],
         emails: &[String],
-    ) -> Result<Self, SetupError> {
-        let all = |v: &[String], ci: bool| -> Result<Vec<NamePattern>, SetupError> {
+    ) -> Result<Self, IdentityError> {
+        let all = |v: &[String], ci: bool| -> Result<Vec<NamePattern>, IdentityError> {
             v.iter().map(|p| NamePattern::parse(p, ci)).collect()
         };
         Ok(Allowlist {
@@ -291,6 +331,41 @@ mod tests {
         assert!(!uri.matches("spiffe://a/b"));
         assert!(NamePattern::parse("***.x", true).is_err());
         assert!(NamePattern::parse("", true).is_err());
+    }
+
+    #[test]
+    fn wildcards_never_match_the_header_s_structural_characters() {
+        let uri = NamePattern::parse("spiffe://t/ns/*/sa/**", false).unwrap();
+        assert!(uri.matches("spiffe://t/ns/a/sa/b"));
+        for evil in [
+            "spiffe://t/ns/a;URI=x/sa/b",
+            "spiffe://t/ns/a,b/sa/b",
+            "spiffe://t/ns/a/sa/b;DNS=admin",
+            "spiffe://t/ns/a/sa/b\",By=x",
+            "spiffe://t/ns/a=1/sa/b",
+        ] {
+            assert!(!uri.matches(evil), "{evil}");
+        }
+        assert!(NamePattern::parse("a;b", false).unwrap().matches("a;b"));
+    }
+
+    #[test]
+    fn header_values_are_quoted_so_a_name_cannot_add_fields() {
+        let id = ClientIdentity {
+            subject: "CN=a\"b".into(),
+            fingerprint: "ab".into(),
+            uris: vec![
+                "spiffe://t/x;URI=spiffe://admin".into(),
+                "spiffe://t/y".into(),
+            ],
+            dns: vec!["a,DNS=b".into()],
+            emails: vec!["x=y@z".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            id.forwarded_header(),
+            "Hash=ab;Subject=\"CN=a\\\"b\";URI=\"spiffe://t/x;URI=spiffe://admin\";URI=spiffe://t/y;DNS=\"a,DNS=b\";Email=\"x=y@z\""
+        );
     }
 
     #[test]
