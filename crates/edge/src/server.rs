@@ -979,6 +979,7 @@ async fn watch_connection(
 /// The watcher's view of an [`Activity`].
 struct ConnWatch {
     seen_ops: u64,
+    seen_started: u64,
     /// When traffic or a request was last seen.
     active_at: Instant,
     /// Reads counted when the connection last fell idle, and when.
@@ -993,6 +994,7 @@ impl ConnWatch {
         let now = Instant::now();
         ConnWatch {
             seen_ops: 0,
+            seen_started: 0,
             active_at: now,
             idle_reads: None,
             head_from: None,
@@ -1005,14 +1007,18 @@ impl ConnWatch {
         let now = Instant::now();
         let ops = activity.ops.load(Ordering::Relaxed);
         let reads = activity.reads.load(Ordering::Relaxed);
-        if activity.in_flight.load(Ordering::Relaxed) > 0 {
+        let started = activity.started.load(Ordering::Relaxed);
+        // A request that came and went between two checks is activity too,
+        // and the bytes it was read from are no next head.
+        if activity.in_flight.load(Ordering::Relaxed) > 0 || started != self.seen_started {
+            self.seen_started = started;
             self.seen_ops = ops;
             self.active_at = now;
             self.idle_reads = None;
             self.head_from = None;
             return None;
         }
-        if activity.started.load(Ordering::Relaxed) == 0 {
+        if started == 0 {
             // No request yet: silence and a slow first head alike get the
             // header timeout from the start.
             return (now.duration_since(self.opened) >= t.header).then_some(Close::HeaderTimeout);

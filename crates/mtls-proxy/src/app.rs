@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use edge::{Server, ServerSettings, Transport};
 use tokio::net::TcpListener;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminGuard, AdminState};
 use crate::config::Config;
 use crate::proxy::MtlsProxy;
 use crate::runtime::{fingerprint, Runtime};
@@ -120,16 +120,28 @@ pub async fn run(
     let server = Server::new(proxy.clone(), server_settings(&config));
 
     let mut tasks = tokio::task::JoinSet::new();
+    let mut serving = Vec::new();
     for (listener, transport) in [
         (listeners.https, Transport::Tls),
         (listeners.http, Transport::Plain),
     ] {
         if let Some(l) = listener {
             tracing::info!("listening on {} ({transport:?})", l.local_addr()?);
-            let server = server.clone();
-            tasks.spawn(async move { server.serve(l, transport).await });
+            serving.push((l, transport));
         }
     }
+    let (stop_proxy, proxy_stopped) = tokio::sync::watch::channel(false);
+    let proxying = {
+        let server = server.clone();
+        let mut stopped = proxy_stopped;
+        tokio::spawn(async move {
+            server
+                .run(serving, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     if let Some(l) = listeners.admin {
         tracing::info!("admin listening on {}", l.local_addr()?);
@@ -137,6 +149,10 @@ pub async fn run(
             proxy: proxy.clone(),
             metrics,
             cert_expiry_margin: config.server.cert_expiry_margin,
+            guard: Arc::new(AdminGuard::from_config(
+                &config.server,
+                l.local_addr().ok(),
+            )?),
         };
         let mut stopped = admin_stopped.clone();
         tasks.spawn(async move {
@@ -157,7 +173,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: draining connections");
     watcher.abort();
-    server.shutdown().await;
+    stop_proxy.send_replace(true);
+    let _ = proxying.await;
     stop_admin.send_replace(true);
     while tasks.join_next().await.is_some() {}
     if let Some(t) = store_tasks {
