@@ -284,6 +284,15 @@ pub fn server_config(
         })?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certs);
+    // Resumption: stateless tickets (keys rotated by rustls every six
+    // hours) for clients that take them, and a session cache larger than
+    // rustls' default of 256 entries for the ones that do not, so a busy
+    // listener does not evict sessions before their clients come back.
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|source| SetupError::Tls {
+        context: "session ticket keys".into(),
+        source,
+    })?;
     cfg.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {

@@ -8,4 +8,5 @@ mod limits;
 mod proxying;
 mod recording;
 mod reload;
+mod revocation;
 mod support;
