@@ -567,6 +567,29 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_loads_and_builds_its_header_rules() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/mtls-proxy/mtls-proxy.toml");
+        let c = Config::load(&example).unwrap_or_else(|e| panic!("{e}"));
+        let route = &c.routes[0];
+        assert!(route.headers.remove.iter().any(|h| h == "x-real-ip"));
+        crate::headers::HeaderRules::build(&route.headers).unwrap();
+        assert_eq!(c.client_auth.crl_scope, CrlScope::Leaf);
+    }
+
+    #[test]
+    fn a_bad_header_rule_names_the_route_and_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "[server]\nhttp = \"127.0.0.1:0\"\n[[routes]]\nname = \"a\"\nupstreams = [\"http://127.0.0.1:1\"]\n[routes.headers]\nset = { \"x-id\" = \"{client.secret}\" }\n",
+        );
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("routes[0].headers.set.x-id"), "{err}");
+        assert!(err.contains("unknown variable"), "{err}");
+    }
+
+    #[test]
     fn semantic_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(
