@@ -609,17 +609,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Whether `name` is one of the hop-by-hop headers that never cross a
 /// proxy, whatever `connection` says.
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-    match name.len() {
-        2 => is("te"),
-        7 => is("trailer") || is("upgrade"),
-        10 => is("connection") || is("keep-alive"),
-        16 => is("proxy-connection"),
-        17 => is("transfer-encoding"),
-        18 => is("proxy-authenticate"),
-        19 => is("proxy-authorization"),
-        _ => false,
-    }
+    crate::proxy::hop_by_hop_index(name).is_some()
 }
 
 impl Scan {

@@ -273,7 +273,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // an absent name costs as much as removing a present one.
     let mut present = [false; HOP_COUNT];
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name.as_str()) {
+        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
             present[i] = true;
         }
     }
@@ -311,23 +311,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Where lowercase header name `name` stands in [`HOP_BY_HOP`], if it is
-/// one. A `match` on the text compiles to a length switch and at most one
-/// comparison, cheaper than comparing against all nine names.
-fn hop_by_hop_index(name: &str) -> Option<usize> {
-    let i = match name {
-        "connection" => 0,
-        "keep-alive" => 1,
-        "proxy-connection" => 2,
-        "proxy-authenticate" => 3,
-        "proxy-authorization" => 4,
-        "te" => 5,
-        "trailer" => 6,
-        "transfer-encoding" => 7,
-        "upgrade" => 8,
+/// Where header name `name` (any case) stands in [`HOP_BY_HOP`], if it is
+/// one: the one list of hop-by-hop headers, used for requests here and for
+/// raw upstream response heads in `h1`. A `match` on the length leaves at
+/// most two comparisons, cheaper than comparing against all nine names.
+pub(crate) fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
+    let candidates: &[usize] = match name.len() {
+        2 => &[5],
+        7 => &[6, 8],
+        10 => &[0, 1],
+        16 => &[2],
+        17 => &[7],
+        18 => &[3],
+        19 => &[4],
         _ => return None,
     };
-    Some(i)
+    candidates
+        .iter()
+        .copied()
+        .find(|&i| name.eq_ignore_ascii_case(HOP_BY_HOP[i].as_str().as_bytes()))
 }
 
 /// Whether a `Connection` token needs no removal of its own: `close`, or a
@@ -506,10 +508,16 @@ mod tests {
     #[test]
     fn the_index_of_each_hop_by_hop_name_is_its_place_in_the_list() {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+            assert_eq!(
+                hop_by_hop_index(name.as_str().as_bytes()),
+                Some(i),
+                "{name}"
+            );
+            let upper = name.as_str().to_ascii_uppercase();
+            assert_eq!(hop_by_hop_index(upper.as_bytes()), Some(i), "{upper}");
         }
-        assert_eq!(hop_by_hop_index("host"), None);
-        assert_eq!(hop_by_hop_index("connections"), None);
+        assert_eq!(hop_by_hop_index(b"host"), None);
+        assert_eq!(hop_by_hop_index(b"connections"), None);
     }
 
     #[test]

@@ -187,3 +187,115 @@ async fn a_request_without_a_host_reaches_the_upstream_with_one() {
     );
     assert_eq!(first_seen(&proxy).await.status, Some(200));
 }
+
+/// A TLS proxy that keeps every client hello its `tls_config` was given.
+struct Hellos {
+    config: Arc<rustls::ServerConfig>,
+    group: Arc<UpstreamGroup>,
+    seen: Mutex<Vec<edge::ClientHello>>,
+}
+
+impl ProxyHttp for Hellos {
+    type Ctx = ();
+
+    fn new_ctx(&self, _session: &Session) {}
+
+    async fn tls_config(&self, hello: &edge::ClientHello) -> Option<Arc<rustls::ServerConfig>> {
+        self.seen.lock().unwrap().push(hello.clone());
+        // Waiting here is allowed (a certificate issued on demand).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Some(self.config.clone())
+    }
+
+    fn upstream_peer(&self, _session: &Session, _ctx: &mut ()) -> Result<Peer, Error> {
+        Ok(self.group.clone())
+    }
+}
+
+#[tokio::test]
+async fn the_tls_hook_sees_the_server_name_and_alpn_and_sessions_resume() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["a.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("edge-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("c.key"), key.serialize_pem()).unwrap();
+    let mut resolver = edge::tls::SniCertResolver::default();
+    resolver
+        .add(
+            &["a.test".to_owned()],
+            edge::tls::load_certified_key(&dir.join("c.pem"), &dir.join("c.key")).unwrap(),
+        )
+        .unwrap();
+    let verifier = edge::tls::client_verifier(
+        edge::tls::ClientAuthMode::Off,
+        &edge::tls::ClientTrust {
+            roots: Arc::new(rustls::RootCertStore::empty()),
+            crls: Vec::new(),
+            stale_crl: Default::default(),
+            revocation: Default::default(),
+        },
+    )
+    .unwrap();
+    let config = edge::tls::server_config(Arc::new(resolver), verifier, false).unwrap();
+    let group =
+        UpstreamGroup::new("g", &[echo_upstream().await], UpstreamSettings::default()).unwrap();
+    let proxy = Arc::new(Hellos {
+        config,
+        group: Arc::new(group),
+        seen: Mutex::new(Vec::new()),
+    });
+    let server = Server::new(proxy.clone(), ServerSettings::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        server
+            .run(vec![(listener, Transport::Tls)], async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(edge::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"acme-tls/1".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        kinds.push(tls.get_ref().1.handshake_kind());
+    }
+    let seen = proxy.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].server_name.as_deref(), Some("a.test"));
+    assert_eq!(seen[0].alpn, [b"acme-tls/1".to_vec(), b"http/1.1".to_vec()]);
+    assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full));
+    assert_eq!(kinds[1], Some(rustls::HandshakeKind::Resumed), "{kinds:?}");
+    // `run` returns once its shutdown future completes and the drain ends.
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("run did not return after shutdown")
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

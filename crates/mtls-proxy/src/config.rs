@@ -568,8 +568,8 @@ mod tests {
 
     #[test]
     fn the_example_configuration_loads_and_builds_its_header_rules() {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy/mtls-proxy/mtls-proxy.toml");
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mtls-proxy/mtls-proxy.toml");
         let c = Config::load(&example).unwrap_or_else(|e| panic!("{e}"));
         let route = &c.routes[0];
         assert!(route.headers.remove.iter().any(|h| h == "x-real-ip"));
