@@ -1,6 +1,6 @@
 # Shared by the mtls-proxy benchmarks (`run`, `instructions`, `ab`,
 # `rec-ab`, `pgo-build`): tools, CPU time readings, certificates and the
-# configurations of both proxies and the backend.
+# configurations of the proxies (mtls-proxy, nginx, HAProxy) and the backend.
 # Callers set HERE, ROOT, CARGO_TARGET_DIR and PORT_BASE, and W (the work
 # directory) before writing certificates or configurations.
 # shellcheck shell=bash
@@ -21,6 +21,7 @@ apt_install() {
 
 ensure_tools() {
     command -v nginx >/dev/null || apt_install nginx
+    command -v haproxy >/dev/null || apt_install haproxy
     command -v openssl >/dev/null || apt_install openssl
     command -v curl >/dev/null || apt_install curl
     command -v taskset >/dev/null || apt_install util-linux
@@ -135,6 +136,8 @@ P_B_MTLS=$((PORT_BASE + 21))
 P_C_MTLS=$((PORT_BASE + 31)) P_C_ADMIN=$((PORT_BASE + 32))
 P_N_HTTP=$((PORT_BASE + 40)) P_N_TLS=$((PORT_BASE + 41))
 P_N_MTLS=$((PORT_BASE + 42)) P_N_MTLS_REC=$((PORT_BASE + 43))
+P_H_HTTP=$((PORT_BASE + 50)) P_H_TLS=$((PORT_BASE + 51)) P_H_MTLS=$((PORT_BASE + 52))
+P_B_ADMIN=$((PORT_BASE + 22))
 
 write_backend_conf() {
     mkdir -p "$W/backend/logs"
@@ -188,9 +191,10 @@ upstreams = ["http://127.0.0.1:$P_BACKEND"]
 client_auth = "off"
 EOF
     for g in b c; do
-        local port=$P_B_MTLS admin=""
-        # C's admin listener tells how many records were written and
-        # dropped; it sits outside the proxied path.
+        # B's admin listener counts full and resumed handshakes, C's how
+        # many records were written and dropped; both sit outside the
+        # proxied path.
+        local port=$P_B_MTLS admin="admin = \"127.0.0.1:$P_B_ADMIN\""
         [[ $g == c ]] && port=$P_C_MTLS admin="admin = \"127.0.0.1:$P_C_ADMIN\""
         cat >"$W/proxy-$g.toml" <<EOF
 [server]
@@ -291,6 +295,51 @@ http {
     }
 }
 EOF
+}
+
+# HAProxy 2.6 as the second peer: one thread, upstream connections shared
+# between clients (`http-reuse always`, as nginx's keepalive pool and
+# mtls-proxy's pool do), TLS 1.3 only, the same three scenarios.
+write_haproxy_conf() {
+    mkdir -p "$W/haproxy"
+    cat "$W/certs/server.pem" "$W/certs/server.key" >"$W/certs/server.combined.pem"
+    cat >"$W/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 20000
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    tune.ssl.cachesize 20000
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    timeout http-request 10s
+
+backend backend
+    option forwardfor
+    server b 127.0.0.1:$P_BACKEND
+
+frontend plain
+    bind 127.0.0.1:$P_H_HTTP
+    default_backend backend
+
+frontend tls
+    bind 127.0.0.1:$P_H_TLS ssl crt $W/certs/server.combined.pem alpn http/1.1
+    http-request set-header X-Forwarded-Proto https
+    default_backend backend
+
+frontend mtls
+    bind 127.0.0.1:$P_H_MTLS ssl crt $W/certs/server.combined.pem ca-file $CA verify required alpn http/1.1
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Client-Cert %[ssl_c_s_dn]
+    default_backend backend
+EOF
+    haproxy -c -q -f "$W/haproxy/haproxy.cfg" >&2 || die "HAProxy refused its configuration"
 }
 
 # The nginx command line for a prefix directory, in the array NGX.

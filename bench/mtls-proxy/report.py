@@ -21,6 +21,7 @@ SCENARIOS = [
     ("mtls_ka_rec", "mTLS, keep-alive, recording on (headers)"),
 ]
 DEADLINE = "aborted due to deadline"
+PROXIES = ("mtls-proxy", "nginx", "haproxy")
 
 
 def load(path):
@@ -144,12 +145,12 @@ def main():
     w(f"Command: `{args.command}`")
     w("")
     w(
-        f"mtls-proxy {facts['proxy_version']} (commit {facts['commit']}, {facts['build']}) and nginx {facts['nginx_version']} "
-        f"(one worker) pinned to core 0; backend (nginx `return 200`) and oha "
+        f"mtls-proxy {facts['proxy_version']} (commit {facts['commit']}, {facts['build']}), nginx {facts['nginx_version']} "
+        f"(one worker) and HAProxy {facts.get('haproxy_version', '?')} (`nbthread 1`, `http-reuse always`) pinned to core 0; backend (nginx `return 200`) and oha "
         f"{facts['oha_version']} pinned to core 1, all at niceness {facts['nice']}. "
         f"Medians of {facts['rounds']} rounds of {facts['duration']} s per scenario and proxy "
-        f"(mtls-proxy and nginx back to back, and so recording off and on, each pair "
-        f"in one order in odd rounds and in the other in even rounds), "
+        f"(the three proxies back to back, and so recording off and on, the order "
+        f"turning from round to round), "
         f"{facts['connections']} connections for keep-alive runs, "
         f"{facts['new_connections']} concurrent clients for new-connection runs. "
         f"CPU: {facts['cpu']}; load average before/after: {facts['load_before']} / "
@@ -157,28 +158,37 @@ def main():
     )
     w("")
     w(
-        "| Scenario | mtls-proxy req/s | nginx req/s | ratio | mtls-proxy p50 / p99 ms "
-        "| nginx p50 / p99 ms | mtls-proxy CPU µs/req | nginx CPU µs/req | CPU ratio "
-        "| proxy core busy (mtls-proxy / nginx) | load core busy (mtls-proxy / nginx runs) | backend connections opened |"
+        "| Scenario | mtls-proxy req/s | nginx req/s | HAProxy req/s | vs nginx (paired) "
+        "| vs HAProxy (paired) | p50 / p99 ms (mtls-proxy; nginx; HAProxy) "
+        "| CPU µs/req (mtls-proxy / nginx / HAProxy) "
+        "| proxy core busy | load core busy | backend connections opened |"
     )
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def cell(d, fmt, field):
+        return fmt.format(d[field]) if d else "-"
+
     for key, label in SCENARIOS:
-        m, n = res.get((key, "mtls-proxy")), res.get((key, "nginx"))
+        m, n, h = (res.get((key, p)) for p in PROXIES)
         if not m or not n:
             continue
+        vs_h = paired(key, "mtls-proxy", key, "haproxy", "rps") if h else float("nan")
         w(
-            f"| {label} | {m['rps']:,.0f} | {n['rps']:,.0f} | {ratio(m['rps'], n['rps']):.2f}x "
-            f"| {m['p50']:.2f} / {m['p99']:.2f} | {n['p50']:.2f} / {n['p99']:.2f} "
-            f"| {m['cpu_us']:.0f} | {n['cpu_us']:.0f} | {ratio(m['cpu_us'], n['cpu_us']):.2f}x "
-            f"| {m['cpu_pct']:.0f}% / {n['cpu_pct']:.0f}% "
-            f"| {m['load_pct']:.0f}% / {n['load_pct']:.0f}% "
-            f"| {m['upstream_conns']:.0f} / {n['upstream_conns']:.0f} |"
+            f"| {label} | {m['rps']:,.0f} | {n['rps']:,.0f} | {cell(h, '{:,.0f}', 'rps')} "
+            f"| {paired(key, 'mtls-proxy', key, 'nginx', 'rps'):.2f}x | "
+            + (f"{vs_h:.2f}x" if h else "-")
+            + f" | {m['p50']:.2f} / {m['p99']:.2f}; {n['p50']:.2f} / {n['p99']:.2f}; "
+            + (f"{h['p50']:.2f} / {h['p99']:.2f}" if h else "-")
+            + f" | {m['cpu_us']:.0f} / {n['cpu_us']:.0f} / {cell(h, '{:.0f}', 'cpu_us')} "
+            f"| {m['cpu_pct']:.0f}% / {n['cpu_pct']:.0f}% / {cell(h, '{:.0f}%', 'cpu_pct')} "
+            f"| {m['load_pct']:.0f}% / {n['load_pct']:.0f}% / {cell(h, '{:.0f}%', 'load_pct')} "
+            f"| {m['upstream_conns']:.0f} / {n['upstream_conns']:.0f} / {cell(h, '{:.0f}', 'upstream_conns')} |"
         )
     failures = [
         f"{label} ({proxy}): {res[(key, proxy)]['failed']} failed, "
         f"{res[(key, proxy)]['errors']}"
         for key, label in SCENARIOS
-        for proxy in ("mtls-proxy", "nginx")
+        for proxy in PROXIES
         if (key, proxy) in res and res[(key, proxy)]["failed"]
     ]
     w("")
@@ -206,23 +216,25 @@ def main():
 
     pc_open, pc_mib = conns("idle_conns_proxy")
     nc_open, nc_mib = conns("idle_conns_nginx")
+    hc_open, hc_mib = conns("idle_conns_haproxy")
     idle_p = int(facts["idle_rss_proxy"]) / 1024
     idle_pr = int(facts["idle_rss_proxy_rec"]) / 1024
     idle_n = int(facts["idle_rss_nginx"]) / 1024
+    idle_h = int(facts["idle_rss_haproxy"]) / 1024
     sp, sn = float(facts["startup_proxy"]), float(facts["startup_nginx"])
-    w("| Resource | mtls-proxy | nginx |")
-    w("|---|---:|---:|")
+    w("| Resource | mtls-proxy | nginx | HAProxy |")
+    w("|---|---:|---:|---:|")
     w(
         f"| Idle RSS (MiB; nginx: master + worker) | {idle_p:.1f} "
-        f"({idle_pr:.1f} with recording) | {idle_n:.1f} |"
+        f"({idle_pr:.1f} with recording) | {idle_n:.1f} | {idle_h:.1f} |"
     )
     w(
-        f"| RSS per 1,000 idle mTLS connections (MiB; opened {pc_open} / {nc_open}) "
-        f"| {pc_mib:.1f} | {nc_mib:.1f} |"
+        f"| RSS per 1,000 idle mTLS connections (MiB; opened {pc_open} / {nc_open} / {hc_open}) "
+        f"| {pc_mib:.1f} | {nc_mib:.1f} | {hc_mib:.1f} |"
     )
     w(
         f"| Startup to first proxied 200, median of {len(facts['startup_proxy_runs'].split())} (ms) "
-        f"| {sp:.1f} | {sn:.1f} |"
+        f"| {sp:.1f} | {sn:.1f} | - |"
     )
     w("")
     written, dropped, failed = (int(x) for x in facts["records_metrics"].split())
@@ -245,11 +257,16 @@ def main():
         f"in flight, which the proxy answers and records but oha no longer counts.)"
     )
     w("")
+    full, resumed = (int(x) for x in facts.get("handshakes_proxy", "0 0").split())
     w(
         f"TLS 1.3 session resumption (checked with `openssl s_client`): mtls-proxy "
-        f"{facts['resumes_proxy']}, nginx {facts['resumes_nginx']}. In a check run of "
+        f"{facts['resumes_proxy']}, nginx {facts['resumes_nginx']}, HAProxy "
+        f"{facts.get('resumes_haproxy', '?')}. In a check run of "
         f"oha's new-connection mode against nginx, {facts['oha_resumed']} handshakes "
-        f"were resumptions, so the new-connection rows measure what oha does: "
+        f"were resumptions; the mTLS proxy counted {resumed:,} resumed of "
+        f"{full + resumed:,} handshakes ({100 * ratio(resumed, full + resumed):.0f}%, "
+        f"its `mtls_proxy_tls_handshakes_total`) over the whole run, nearly all from the "
+        f"new-connection runs. So the new-connection rows measure what oha does: "
         f"resumed handshakes where the server allows them, full ones otherwise."
     )
     w("")
@@ -289,19 +306,30 @@ def main():
         f"{idle_pr * 1.048576:.1f} MB with recording on | {verdict(idle_p * 1.048576 < 10)} |"
     )
     w(f"| Startup under 100 ms | {sp:.1f} ms | {verdict(sp < 100)} |")
+    vs_h = [paired(k, "mtls-proxy", k, "haproxy", "rps") for k, _ in SCENARIOS if (k, "haproxy") in res]
+    w(
+        f"| (no target) Against HAProxy, paired | "
+        + ", ".join(f"{k} {paired(k, 'mtls-proxy', k, 'haproxy', 'rps'):.2f}x" for k, _ in SCENARIOS if (k, "haproxy") in res)
+        + (f" | {'ahead' if vs_h and min(vs_h) >= 1.0 else 'behind in some'} |" if vs_h else " | - |")
+    )
+    w(
+        f"| (no target) Idle mTLS connection below nginx's memory | {pc_mib:.1f} against {nc_mib:.1f} "
+        f"MiB per 1,000 (HAProxy {hc_mib:.1f}) | {verdict(pc_mib < nc_mib)} |"
+    )
     w("")
     w(recorder_line())
     w("")
     w("Every round (req/s, CPU µs per request):")
     w("")
-    w("| Scenario | mtls-proxy | nginx |")
-    w("|---|---|---|")
+    w("| Scenario | mtls-proxy | nginx | HAProxy |")
+    w("|---|---|---|---|")
     for key, label in SCENARIOS:
         cells = [
             ", ".join(f"{r['rps']:,.0f} ({r['cpu_us']:.0f})" for r in rounds.get((key, proxy), []))
-            for proxy in ("mtls-proxy", "nginx")
+            or "-"
+            for proxy in PROXIES
         ]
-        w(f"| {label} | {cells[0]} | {cells[1]} |")
+        w(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} |")
     print("\n".join(out))
 
 

@@ -337,6 +337,15 @@ impl<P: ProxyHttp> Server<P> {
             }
         };
         let (_, session) = tls.get_ref();
+        let kind = match session.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => "resumed",
+            _ => "full",
+        };
+        metrics::counter!(
+            format!("{}_tls_handshakes_total", self.settings.metric_prefix),
+            "kind" => kind
+        )
+        .increment(1);
         let peer_chain: Vec<_> = session
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
