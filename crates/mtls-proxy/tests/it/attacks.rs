@@ -552,3 +552,101 @@ async fn the_admin_listener_checks_host_and_token() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// A proxy with one mTLS route for `api.test`, and a raw TLS connection to
+/// it presenting `client` (made by the same CA).
+async fn mtls_raw(
+    server_extra: &str,
+) -> (
+    TestApp,
+    tempfile::TempDir,
+    tokio_rustls::client::TlsStream<TcpStream>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, ca) = pki_with_server(dir.path());
+    let client = pki.client(
+        "client",
+        Some(&ca),
+        ClientSpec {
+            uris: &["spiffe://corp/ns/a/sa/b"],
+            ..Default::default()
+        },
+    );
+    let b = backend().await;
+    let config = base_config(
+        true,
+        &format!(
+            "{SERVER_CERT}\n[[routes]]\nname = \"m\"\nupstreams = [\"{}\"]\nclient_auth = \"required\"\nclient_ca = [\"ca.pem\"]\n",
+            b.url
+        ),
+    )
+    .replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
+    let app = spawn_app(dir.path(), &config).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![client.cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::try_from(client.key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(app.https.unwrap()).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(
+            rustls_pki_types::ServerName::try_from("api.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    (app, dir, stream)
+}
+
+#[tokio::test]
+async fn a_malformed_request_over_mtls_is_recorded_with_the_client_s_identity() {
+    let (app, _dir, mut s) = mtls_raw("").await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\nBad Header: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let rows = app
+        .records_where("status=4xx", |r| r["error"] == "malformed_request")
+        .await;
+    assert_eq!(
+        rows[0]["client_identity"], "spiffe://corp/ns/a/sa/b",
+        "{rows:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_silent_after_its_tls_handshake_is_closed_by_the_header_timeout() {
+    let (app, _dir, mut s) = mtls_raw("header_read_timeout = \"1s\"\nidle_timeout = \"30s\"").await;
+    let t0 = Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent TLS connection stayed open");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    let rows = app
+        .records_where("status=4xx", |r| r["error"] == "header_timeout")
+        .await;
+    assert_eq!(rows[0]["client_identity"], "spiffe://corp/ns/a/sa/b");
+}
