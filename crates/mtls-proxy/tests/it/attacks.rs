@@ -650,3 +650,72 @@ async fn a_connection_silent_after_its_tls_handshake_is_closed_by_the_header_tim
         .await;
     assert_eq!(rows[0]["client_identity"], "spiffe://corp/ns/a/sa/b");
 }
+
+#[tokio::test]
+async fn a_san_with_header_syntax_can_neither_add_fields_nor_pass_a_wildcard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, ca) = pki_with_server(dir.path());
+    let evil = "spiffe://corp/ns/a;URI=spiffe://corp/ns/admin,By=x";
+    let client = pki.client(
+        "evil",
+        Some(&ca),
+        ClientSpec {
+            uris: &[evil],
+            ..Default::default()
+        },
+    );
+    let b = backend().await;
+    let config = base_config(
+        true,
+        &format!(
+            "{SERVER_CERT}\n\
+             [[routes]]\nname = \"strict\"\npath_prefix = \"/strict\"\nupstreams = [\"{u}\"]\nclient_auth = \"required\"\nclient_ca = [\"ca.pem\"]\n\
+             [routes.allow]\nuri = [\"spiffe://corp/ns/**\"]\n\
+             [[routes]]\nname = \"open\"\nupstreams = [\"{u}\"]\nclient_auth = \"required\"\nclient_ca = [\"ca.pem\"]\n",
+            u = b.url
+        ),
+    );
+    let app = spawn_app(dir.path(), &config).await;
+    let http = tls_client(&ca, Some(&client), "api.test", app.https.unwrap(), false);
+    let strict = http
+        .get(app.https_url("api.test", "/strict"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(strict.status(), 403);
+    let open: serde_json::Value = http
+        .get(app.https_url("api.test", "/open"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let xfcc = open["headers"]["x-forwarded-client-cert"].as_str().unwrap();
+    assert!(
+        xfcc.ends_with(&format!(";URI=\"{evil}\"")),
+        "the URI was not quoted: {xfcc}"
+    );
+    // Split as a reader of the header would: on `;` outside quotes.
+    let (mut fields, mut quoted, mut escaped, mut field) =
+        (Vec::new(), false, false, String::new());
+    for c in xfcc.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ';' | ',' if !quoted => {
+                fields.push(std::mem::take(&mut field));
+                continue;
+            }
+            _ => {}
+        }
+        field.push(c);
+    }
+    fields.push(field);
+    let keys: Vec<&str> = fields
+        .iter()
+        .map(|f| f.split('=').next().unwrap())
+        .collect();
+    assert_eq!(keys, ["Hash", "Subject", "URI"], "{xfcc}");
+}
