@@ -195,9 +195,11 @@ pub fn normalize_path(raw: &str) -> NormalPath<'_> {
         };
     }
     let mut check = PathCheck::default();
-    // Decode what may be decoded first, so `%2e%2e` is a dot segment.
+    // Decode what may be decoded first, so `%2e%2e` is a dot segment. Only
+    // escapes of ASCII characters are decoded, and every other byte is
+    // kept as it is, so the result stays the UTF-8 the path was.
     let bytes = raw.as_bytes();
-    let mut decoded = String::with_capacity(raw.len());
+    let mut decoded = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -206,24 +208,27 @@ pub fn normalize_path(raw: &str) -> NormalPath<'_> {
             .flatten();
         if let Some(v) = escape {
             if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                decoded.push(char::from(v));
+                decoded.push(v);
             } else {
                 match v {
                     b'/' | b'\\' => check.encoded_slash = true,
                     0 => check.nul = true,
                     _ => {}
                 }
-                decoded.push('%');
-                decoded.push(char::from(bytes[i + 1].to_ascii_uppercase()));
-                decoded.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+                decoded.extend_from_slice(&[
+                    b'%',
+                    bytes[i + 1].to_ascii_uppercase(),
+                    bytes[i + 2].to_ascii_uppercase(),
+                ]);
             }
             i += 3;
         } else {
-            // The URI parser let only ASCII through.
-            decoded.push(char::from(b));
+            decoded.push(b);
             i += 1;
         }
     }
+    let decoded = String::from_utf8(decoded)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     let mut segments: Vec<&str> = Vec::new();
     let trailing = decoded.ends_with('/')
         || decoded.ends_with("/.")
