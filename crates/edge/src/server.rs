@@ -72,7 +72,7 @@ impl Default for ServerSettings {
             max_body_bytes: 10 * 1024 * 1024,
             http2: true,
             shutdown_grace: Duration::from_secs(30),
-            max_connections_per_ip: 256,
+            max_connections_per_ip: 0,
             metric_prefix: "edge".into(),
         }
     }

@@ -96,8 +96,10 @@ pub struct ServerConfig {
     /// How often referenced files are checked for changes (0 turns it off).
     #[serde(deserialize_with = "duration")]
     pub watch_interval: Duration,
-    /// Connections one client IP may hold at once (0: no limit of its own),
-    /// so that one client's idle sockets cannot take every slot.
+    /// Connections one client IP may hold at once (0: no limit of its
+    /// own). Whatever it is, the last tenth of `max_connections` is kept for
+    /// clients that hold no connection yet, so one client's idle sockets
+    /// never take every slot.
     pub max_connections_per_ip: usize,
     /// Bearer token the admin listener asks for, as `sha256:<hex>` of the
     /// token (`echo -n TOKEN | sha256sum`); unset leaves it open.
@@ -127,7 +129,7 @@ impl Default for ServerConfig {
             identity_header: "x-forwarded-client-cert".into(),
             cert_expiry_margin: Duration::from_secs(7 * 24 * 3600),
             watch_interval: Duration::from_secs(2),
-            max_connections_per_ip: 256,
+            max_connections_per_ip: 0,
             admin_token_sha256: None,
             admin_token_file: None,
             admin_hosts: Vec::new(),

@@ -507,6 +507,51 @@ async fn one_client_cannot_take_every_connection_slot() {
 }
 
 #[tokio::test]
+async fn the_last_slots_are_kept_for_clients_holding_none() {
+    let (app, _dir) = app_with_timeouts("max_connections = 10").await;
+    // One client fills the slots it may: all but the reserve (a tenth).
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        held.push(TcpStream::connect(app.http.unwrap()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut greedy = TcpStream::connect(app.http.unwrap()).await.unwrap();
+    assert!(
+        time_to_close(&mut greedy, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "the client holding connections took the reserve"
+    );
+    // Another client (another loopback address) still gets in.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = other.connect(app.http.unwrap()).await.unwrap();
+    s.write_all(b"GET /other HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "mtls_proxy_connections_refused_total",
+            &["reason=\"reserve\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    drop(held);
+}
+
+#[tokio::test]
 async fn the_admin_listener_checks_host_and_token() {
     let dir = tempfile::tempdir().unwrap();
     let b = backend().await;
