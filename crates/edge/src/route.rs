@@ -551,6 +551,57 @@ mod tests {
     }
 
     #[test]
+    fn normalising_is_idempotent_and_leaves_no_dot_segment_or_empty_segment() {
+        // Paths built from the pieces attackers combine, by a fixed
+        // pseudo-random sequence so that a failure reproduces.
+        let pieces = [
+            "/",
+            "//",
+            ".",
+            "..",
+            "%2e",
+            "%2E%2e",
+            "a",
+            "B",
+            "%61",
+            "%2F",
+            "%00",
+            ";x",
+            "%7e",
+            "%25",
+            "caf\u{e9}",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut path = String::from("/");
+            for _ in 0..(seed % 9) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                path.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+            let once = normalize_path(&path);
+            let p = once.path.as_ref();
+            assert!(p.starts_with('/'), "{path:?} -> {p:?}");
+            assert!(!p.contains("//"), "{path:?} -> {p:?}");
+            for seg in p.split('/') {
+                assert!(seg != "." && seg != "..", "{path:?} -> {p:?}");
+            }
+            let twice = normalize_path(p);
+            assert_eq!(twice.path, p, "not idempotent: {path:?}");
+            // What the first pass flagged stays flagged even when the
+            // segment holding it was removed; nothing new appears.
+            assert!(
+                !twice.check.encoded_slash || once.check.encoded_slash,
+                "{path:?}"
+            );
+            assert!(!twice.check.nul || once.check.nul, "{path:?}");
+            assert!(!twice.check.climbs, "{path:?} -> {p:?}");
+        }
+    }
+
+    #[test]
     fn prefixes_cover_whole_segments() {
         assert!(prefix_covers("/", "/anything"));
         assert!(prefix_covers("/admin", "/admin"));
