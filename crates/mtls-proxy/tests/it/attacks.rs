@@ -385,17 +385,6 @@ async fn requests_refused_while_parsing_are_recorded() {
     );
 }
 
-async fn app_with_timeouts(server_extra: &str) -> (TestApp, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let b = backend().await;
-    let config = base_config(
-        false,
-        &format!("[[routes]]\nname = \"t\"\nupstreams = [\"{}\"]\n", b.url),
-    )
-    .replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
-    (spawn_app(dir.path(), &config).await, dir)
-}
-
 /// Reads until the proxy closes the connection; how long that took.
 async fn time_to_close(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     let t0 = Instant::now();
@@ -411,8 +400,7 @@ async fn time_to_close(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 #[tokio::test]
 async fn a_head_sent_one_byte_a_second_is_cut_off_by_the_header_timeout() {
-    let (app, _dir) =
-        app_with_timeouts("header_read_timeout = \"2s\"\nidle_timeout = \"30s\"").await;
+    let (app, _dir) = plain_app("header_read_timeout = \"2s\"\nidle_timeout = \"30s\"").await;
     let mut s = TcpStream::connect(app.http.unwrap()).await.unwrap();
     let head = b"GET /slowloris HTTP/1.1\r\nHost: a.test\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let t0 = Instant::now();
@@ -444,8 +432,7 @@ async fn a_head_sent_one_byte_a_second_is_cut_off_by_the_header_timeout() {
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_by_the_header_timeout() {
-    let (app, _dir) =
-        app_with_timeouts("header_read_timeout = \"1s\"\nidle_timeout = \"30s\"").await;
+    let (app, _dir) = plain_app("header_read_timeout = \"1s\"\nidle_timeout = \"30s\"").await;
     let mut s = TcpStream::connect(app.http.unwrap()).await.unwrap();
     let took = time_to_close(&mut s, Duration::from_secs(10))
         .await
@@ -455,8 +442,7 @@ async fn a_silent_connection_is_closed_by_the_header_timeout() {
 
 #[tokio::test]
 async fn keep_alive_connections_live_by_the_idle_timeout_between_requests() {
-    let (app, _dir) =
-        app_with_timeouts("header_read_timeout = \"1s\"\nidle_timeout = \"4s\"").await;
+    let (app, _dir) = plain_app("header_read_timeout = \"1s\"\nidle_timeout = \"4s\"").await;
     let mut s = TcpStream::connect(app.http.unwrap()).await.unwrap();
     let req = b"GET /ka HTTP/1.1\r\nHost: a.test\r\n\r\n";
     let mut buf = vec![0u8; 8192];
@@ -482,7 +468,7 @@ async fn keep_alive_connections_live_by_the_idle_timeout_between_requests() {
 
 #[tokio::test]
 async fn one_client_cannot_take_every_connection_slot() {
-    let (app, _dir) = app_with_timeouts("max_connections_per_ip = 3").await;
+    let (app, _dir) = plain_app("max_connections_per_ip = 3").await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(TcpStream::connect(app.http.unwrap()).await.unwrap());
@@ -508,7 +494,7 @@ async fn one_client_cannot_take_every_connection_slot() {
 
 #[tokio::test]
 async fn the_last_slots_are_kept_for_clients_holding_none() {
-    let (app, _dir) = app_with_timeouts("max_connections = 10").await;
+    let (app, _dir) = plain_app("max_connections = 10").await;
     // One client fills the slots it may: all but the reserve (a tenth).
     let mut held = Vec::new();
     for _ in 0..9 {
@@ -627,20 +613,7 @@ async fn mtls_raw(
     )
     .replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
     let app = spawn_app(dir.path(), &config).await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        vec![client.cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::try_from(client.key.serialize_der()).unwrap(),
-    )
-    .unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = client_tls_config(&ca, &[&client], b"http/1.1");
     let tcp = TcpStream::connect(app.https.unwrap()).await.unwrap();
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(

@@ -7,20 +7,9 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-async fn app_with(server_extra: &str) -> (TestApp, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let b = backend().await;
-    let config = base_config(
-        false,
-        &format!("[[routes]]\nname = \"lim\"\nupstreams = [\"{}\"]\n", b.url),
-    )
-    .replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
-    (spawn_app(dir.path(), &config).await, dir)
-}
-
 #[tokio::test]
 async fn oversized_headers_get_431_and_a_record() {
-    let (app, _dir) = app_with("max_header_bytes = 4096").await;
+    let (app, _dir) = plain_app("max_header_bytes = 4096").await;
     let client = reqwest::Client::new();
     let ok = client
         .get(app.http_url("/"))
@@ -43,7 +32,7 @@ async fn oversized_headers_get_431_and_a_record() {
 
 #[tokio::test]
 async fn oversized_bodies_get_413_with_or_without_a_length() {
-    let (app, _dir) = app_with("max_body_bytes = 1000").await;
+    let (app, _dir) = plain_app("max_body_bytes = 1000").await;
     let client = reqwest::Client::new();
     let ok = client
         .post(app.http_url("/small"))
@@ -91,7 +80,7 @@ async fn request_on(stream: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn the_connection_limit_refuses_fast_and_spares_open_connections() {
-    let (app, _dir) = app_with("max_connections = 2").await;
+    let (app, _dir) = plain_app("max_connections = 2").await;
     let addr = app.http.unwrap();
     let mut a = TcpStream::connect(addr).await.unwrap();
     let mut b = TcpStream::connect(addr).await.unwrap();
@@ -140,7 +129,7 @@ async fn the_connection_limit_refuses_fast_and_spares_open_connections() {
 
 #[tokio::test]
 async fn slow_clients_and_idle_connections_are_closed() {
-    let (app, _dir) = app_with("header_read_timeout = \"300ms\"\nidle_timeout = \"300ms\"").await;
+    let (app, _dir) = plain_app("header_read_timeout = \"300ms\"\nidle_timeout = \"300ms\"").await;
     let addr = app.http.unwrap();
     // Slowloris: a request head that never ends.
     let mut slow = TcpStream::connect(addr).await.unwrap();

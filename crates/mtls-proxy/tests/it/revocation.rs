@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use mtls_proxy::config::Config;
@@ -153,20 +152,7 @@ fn openssl_crl(dir: &Path, serial: u64) -> PathBuf {
 
 /// A client presenting `leaf` with the intermediate, trusting `root`.
 fn chain_client(pki: &TwoLevel, leaf: &Issued, addr: std::net::SocketAddr) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.root.cert.der().clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        vec![leaf.cert.der().clone(), pki.inter.cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::try_from(leaf.key.serialize_der()).unwrap(),
-    )
-    .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = client_tls_config(&pki.root, &[leaf, &pki.inter], b"http/1.1");
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .resolve("api.test", addr)

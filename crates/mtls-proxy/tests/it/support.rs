@@ -272,6 +272,22 @@ pub fn base_config(https: bool, extra: &str) -> String {
     )
 }
 
+/// A proxy with one plain route to an echo backend, with `server_extra`
+/// added to its `[server]` table.
+pub async fn plain_app(server_extra: &str) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backend().await;
+    let config = base_config(
+        false,
+        &format!(
+            "[[routes]]\nname = \"plain\"\nupstreams = [\"{}\"]\n",
+            b.url
+        ),
+    )
+    .replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
+    (spawn_app(dir.path(), &config).await, dir)
+}
+
 pub async fn spawn_app(dir: &Path, config_text: &str) -> TestApp {
     let config_path = dir.join("proxy.toml");
     std::fs::write(&config_path, config_text).unwrap();
@@ -395,28 +411,9 @@ pub fn tls_client(
     addr: SocketAddr,
     h2: bool,
 ) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match identity {
-        Some(id) => builder
-            .with_client_auth_cert(
-                vec![id.cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::try_from(id.key.serialize_der()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = if h2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    let chain: Vec<&Issued> = identity.into_iter().collect();
+    let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+    let config = client_tls_config(ca, &chain, alpn);
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .resolve(host, addr)
@@ -425,4 +422,28 @@ pub fn tls_client(
         b = b.http1_only();
     }
     b.build().unwrap()
+}
+
+/// A rustls client configuration trusting `ca`, presenting `chain` (leaf
+/// first; its key is the leaf's) when not empty, offering one ALPN protocol.
+pub fn client_tls_config(ca: &Issued, chain: &[&Issued], alpn: &[u8]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match chain.first() {
+        Some(leaf) => builder
+            .with_client_auth_cert(
+                chain.iter().map(|c| c.cert.der().clone()).collect(),
+                rustls_pki_types::PrivateKeyDer::try_from(leaf.key.serialize_der()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config
 }
