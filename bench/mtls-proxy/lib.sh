@@ -306,7 +306,7 @@ write_haproxy_conf() {
     cat >"$W/haproxy/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
     ssl-default-bind-options ssl-min-ver TLSv1.3
     tune.ssl.cachesize 20000
 

@@ -38,8 +38,9 @@ def load(path):
         "errors": {k: v for k, v in data["errorDistribution"].items() if k != DEADLINE},
         "seconds": seconds,
         "rps": ok / seconds if seconds else 0.0,
-        "p50": lat["p50"],
-        "p99": lat["p99"],
+        # oha leaves latencies out when nothing was answered.
+        "p50": lat["p50"] if lat["p50"] is not None else float("nan"),
+        "p99": lat["p99"] if lat["p99"] is not None else float("nan"),
     }
 
 
@@ -268,6 +269,17 @@ def main():
         f"its `mtls_proxy_tls_handshakes_total`) over the whole run, nearly all from the "
         f"new-connection runs. So the new-connection rows measure what oha does: "
         f"resumed handshakes where the server allows them, full ones otherwise."
+    )
+    w("")
+    f0, r0, f1, r1 = (int(x) for x in facts["resumed_share_proxy"].split())
+    n_res, _, n_all = facts["resumed_share_nginx"].split()
+    p_share = ratio(r1 - r0, (f1 - f0) + (r1 - r0))
+    n_share = ratio(int(n_res), int(n_all))
+    w(
+        f"Resumed share at the new-connection runs' concurrency ({facts['new_connections']} "
+        f"clients, 1,000 mTLS connections each, oha's rustls client): mtls-proxy "
+        f"{100 * p_share:.0f}% ({r1 - r0:,} of {(f1 - f0) + (r1 - r0):,}), nginx "
+        f"{100 * n_share:.0f}% ({int(n_res):,} of {int(n_all):,})."
     )
     w("")
 
