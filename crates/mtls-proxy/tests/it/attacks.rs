@@ -737,3 +737,46 @@ async fn a_san_with_header_syntax_can_neither_add_fields_nor_pass_a_wildcard() {
         .collect();
     assert_eq!(keys, ["Hash", "Subject", "URI"], "{xfcc}");
 }
+
+/// Sends one HTTP/2 request (prior knowledge, plain) with `authority` in
+/// `:authority` and, when given, a `host` header; the status.
+async fn h2_status(app: &TestApp, authority: &str, host: Option<&str>) -> u16 {
+    let tcp = TcpStream::connect(app.http.unwrap()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder().uri(format!("http://{authority}/x"));
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let resp = send
+        .send_request(
+            req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+#[tokio::test]
+async fn an_http2_authority_that_disagrees_with_host_is_refused() {
+    let (app, _dir) = two_routes("").await;
+    assert_eq!(h2_status(&app, "admin.internal", None).await, 200);
+    assert_eq!(
+        h2_status(&app, "admin.internal", Some("admin.internal")).await,
+        200
+    );
+    assert_eq!(
+        h2_status(&app, "admin.internal", Some("public.test")).await,
+        400
+    );
+    let rows = app
+        .records_where("status=4xx", |r| r["error"] == "host_mismatch")
+        .await;
+    assert!(!rows.is_empty());
+}
