@@ -7,6 +7,7 @@
 //! `notifications/initialized`, `tools/list`, `tools/call`, answering `ping`).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +38,8 @@ const MAX_NAME_LEN: usize = 64;
 pub(crate) struct McpManager {
     configs: Vec<McpServerConfig>,
     cwd: PathBuf,
+    /// The scrubbed environment servers start with (their own `env` is added).
+    env: Arc<Vec<(OsString, OsString)>>,
     servers: OnceCell<Vec<RemoteTool>>,
     /// Servers that failed to start, with the reason, for the UI to show.
     failures: Mutex<Vec<(String, String)>>,
@@ -56,10 +59,15 @@ struct RemoteTool {
 
 impl McpManager {
     /// Remembers the servers; nothing is started yet. `cwd` is where servers run.
-    pub(crate) fn new(configs: Vec<McpServerConfig>, cwd: PathBuf) -> McpManager {
+    pub(crate) fn new(
+        configs: Vec<McpServerConfig>,
+        cwd: PathBuf,
+        env: Vec<(OsString, OsString)>,
+    ) -> McpManager {
         McpManager {
             configs,
             cwd,
+            env: Arc::new(env),
             servers: OnceCell::new(),
             failures: Mutex::new(Vec::new()),
         }
@@ -129,16 +137,18 @@ impl McpManager {
         let mut set = JoinSet::new();
         for (index, config) in self.configs.iter().cloned().enumerate() {
             let cwd = self.cwd.clone();
+            let env = Arc::clone(&self.env);
             set.spawn(async move {
                 let name = config.name.clone();
-                let started = tokio::time::timeout(STARTUP_TIMEOUT, start_server(config, cwd))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ToolError::Mcp {
-                            server: name.clone(),
-                            message: format!("did not start within {STARTUP_TIMEOUT:?}"),
-                        })
-                    });
+                let started =
+                    tokio::time::timeout(STARTUP_TIMEOUT, start_server(config, cwd, &env))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ToolError::Mcp {
+                                server: name.clone(),
+                                message: format!("did not start within {STARTUP_TIMEOUT:?}"),
+                            })
+                        });
                 (index, name, started)
             });
         }
@@ -168,8 +178,12 @@ impl McpManager {
 }
 
 /// Spawns, initialises and lists the tools of one server.
-async fn start_server(config: McpServerConfig, cwd: PathBuf) -> Result<Vec<RemoteTool>, ToolError> {
-    let client = Arc::new(McpClient::spawn(&config, &cwd)?);
+async fn start_server(
+    config: McpServerConfig,
+    cwd: PathBuf,
+    env: &[(OsString, OsString)],
+) -> Result<Vec<RemoteTool>, ToolError> {
+    let client = Arc::new(McpClient::spawn(&config, &cwd, env)?);
     client
         .request(
             "initialize",
@@ -283,7 +297,11 @@ struct McpClient {
 }
 
 impl McpClient {
-    fn spawn(config: &McpServerConfig, cwd: &std::path::Path) -> Result<McpClient, ToolError> {
+    fn spawn(
+        config: &McpServerConfig,
+        cwd: &std::path::Path,
+        env: &[(OsString, OsString)],
+    ) -> Result<McpClient, ToolError> {
         let server = config.name.clone();
         let fail = |message: String| ToolError::Mcp {
             server: server.clone(),
@@ -291,6 +309,8 @@ impl McpClient {
         };
         let mut child = tokio::process::Command::new(&config.command)
             .args(&config.args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .envs(&config.env)
             .current_dir(cwd)
             .stdin(Stdio::piped())

@@ -81,12 +81,15 @@ impl CustomCommand {
 }
 
 /// Loads custom commands; project files override user files of the same name.
-pub fn load_custom(project: &Path, config_dir: &Path) -> BTreeMap<String, CustomCommand> {
+/// `project` is `None` when the folder is not trusted: its commands are
+/// then not loaded at all.
+pub fn load_custom(project: Option<&Path>, config_dir: &Path) -> BTreeMap<String, CustomCommand> {
     let mut commands = BTreeMap::new();
-    for dir in [
-        config_dir.join("commands"),
-        project.join(".picode").join("commands"),
-    ] {
+    let dirs = [
+        Some(config_dir.join("commands")),
+        project.map(|p| p.join(".picode").join("commands")),
+    ];
+    for dir in dirs.into_iter().flatten() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -214,7 +217,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(user.path().join("commands/undo.md"), "shadow").unwrap();
-        let custom = load_custom(project.path(), user.path());
+        let custom = load_custom(Some(project.path()), user.path());
         assert_eq!(custom["review"].description, "Review code");
         assert_eq!(
             parse("/review src/lib.rs", &custom),

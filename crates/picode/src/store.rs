@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use picode_llm::{Message, Usage};
+use picode_tools::private_fs;
 use serde::Serialize;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -152,8 +153,21 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
+        // Transcripts hold whatever the model read: the directory is 0700
+        // and the database files 0600, tightened when they already exist.
+        // An empty file made here with 0600 is a valid new database, and
+        // SQLite gives its -wal and -shm files the database file's mode.
+        let io_err = |e| open_err(sqlx::Error::Io(e));
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+            private_fs::create_private_dir(dir).map_err(io_err)?;
+        }
+        if !path.exists() {
+            private_fs::write_private(path, b"").map_err(io_err)?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            private_fs::tighten(Path::new(&file), 0o600).map_err(io_err)?;
         }
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(open_err)?

@@ -17,6 +17,7 @@ use crate::config::{
 };
 use crate::providers::{build_chain, key_source, probe};
 use crate::secrets::{provider_key_name, SecretStore};
+use crate::trust::ProjectTrust;
 
 #[derive(Debug, Subcommand)]
 pub enum ProviderAction {
@@ -54,7 +55,7 @@ pub enum ProviderAction {
     },
 }
 
-pub async fn run(action: ProviderAction, paths: Paths) -> ExitCode {
+pub async fn run(action: ProviderAction, paths: Paths, trust: ProjectTrust) -> ExitCode {
     match action {
         ProviderAction::Add {
             name,
@@ -86,16 +87,17 @@ pub async fn run(action: ProviderAction, paths: Paths) -> ExitCode {
             };
             add(&paths, &name, entry, api_key_stdin, default).await
         }
-        ProviderAction::List => list(&paths),
+        ProviderAction::List => list(&paths, &trust),
         ProviderAction::Remove { name } => remove(&paths, &name).await,
-        ProviderAction::Test { name } => test(&paths, name.as_deref()).await,
+        ProviderAction::Test { name } => test(&paths, &trust, name.as_deref()).await,
     }
 }
 
 fn secret_store(paths: &Paths) -> SecretStore {
     // The backend choice may itself come from a config that fails to load;
     // the environment still decides then.
-    let backend = Config::load(paths)
+    // The secret store is the user's choice alone: the project file is not read.
+    let backend = Config::load(paths, &ProjectTrust::Untrusted)
         .map(|c| c.secret_store)
         .unwrap_or_default();
     SecretStore::open(backend, &paths.config_dir)
@@ -172,8 +174,8 @@ async fn add(
     Exit::Ok.into()
 }
 
-fn list(paths: &Paths) -> ExitCode {
-    let config = match Config::load(paths) {
+fn list(paths: &Paths, trust: &ProjectTrust) -> ExitCode {
+    let config = match Config::load(paths, trust) {
         Ok(c) => c,
         Err(e) => return fail(Exit::Usage, e),
     };
@@ -241,8 +243,8 @@ async fn remove(paths: &Paths, name: &str) -> ExitCode {
     Exit::Ok.into()
 }
 
-async fn test(paths: &Paths, name: Option<&str>) -> ExitCode {
-    let config = match Config::load(paths) {
+async fn test(paths: &Paths, trust: &ProjectTrust, name: Option<&str>) -> ExitCode {
+    let config = match Config::load(paths, trust) {
         Ok(c) => c,
         Err(e) => return fail(Exit::Usage, e),
     };

@@ -11,5 +11,7 @@ mod helpers;
 mod interactive;
 mod live;
 mod provider;
+mod secrets;
 mod serve;
+mod trust;
 mod undo;
