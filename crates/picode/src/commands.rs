@@ -26,6 +26,8 @@ pub enum Command {
     },
     Sessions,
     Resume(String),
+    /// Show, or turn on or off, redaction of secret-looking tool output.
+    Redact(Option<bool>),
     Exit,
     /// A custom command, already expanded into a prompt.
     Custom {
@@ -53,6 +55,10 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ),
     ("sessions", "list recent sessions of this project"),
     ("resume ID", "switch to another session"),
+    (
+        "redact [on|off]",
+        "redaction of secret-looking tool output in this session",
+    ),
     ("exit", "leave PiCode"),
 ];
 
@@ -154,6 +160,11 @@ pub fn parse(line: &str, custom: &BTreeMap<String, CustomCommand>) -> Option<Com
             Some(id) => Command::Resume(id),
             None => Command::Sessions,
         },
+        "redact" => Command::Redact(match args {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        }),
         "exit" | "quit" => Command::Exit,
         other => match custom.get(other) {
             Some(c) => Command::Custom {
@@ -196,6 +207,10 @@ mod tests {
             Some(Command::Model(Some("gpt-x".into())))
         );
         assert_eq!(parse("/diff all", &none), Some(Command::Diff { all: true }));
+        assert_eq!(
+            parse("/redact off", &none),
+            Some(Command::Redact(Some(false)))
+        );
         assert_eq!(parse("fix /undo please", &none), None);
         assert_eq!(parse("/src/main.rs is broken", &none), None);
         assert_eq!(

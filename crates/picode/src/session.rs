@@ -399,6 +399,18 @@ impl Session {
                 self.agent.clear();
                 format!("started a new session {id}")
             }
+            Command::Redact(on) => {
+                let toolbox = self.agent.toolbox();
+                if let Some(on) = on {
+                    toolbox.set_redacting(on);
+                }
+                if toolbox.redacting() {
+                    "secret-looking tool output is redacted before it is stored or sent".to_owned()
+                } else {
+                    "redaction is off for this session: tool output is stored and sent as it is"
+                        .to_owned()
+                }
+            }
             Command::Compact => self.compact().await,
             Command::Cost => self.cost_text(),
             Command::Undo => self.undo().await?,

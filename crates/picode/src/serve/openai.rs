@@ -195,7 +195,7 @@ fn completion_id() -> String {
 }
 
 /// Which provider goes first for a requested model name.
-fn preferred_provider(state: &ServeState, model: &str) -> Option<String> {
+pub(super) fn preferred_provider(state: &ServeState, model: &str) -> Option<String> {
     let providers = &state.app.config.providers;
     if providers.contains_key(model) {
         return Some(model.to_owned());
