@@ -615,23 +615,24 @@ fn from_figment(err: &figment::Error) -> ConfigError {
     }
 }
 
-/// Reads the user's config file as a TOML table, or an empty one.
-pub fn read_user_table(path: &Path) -> Result<toml::Table, ConfigError> {
+/// Reads the user's config file for editing, or an empty document. Edits go
+/// through `toml_edit` so the user's comments and layout survive them.
+pub fn read_user_document(path: &Path) -> Result<toml_edit::DocumentMut, ConfigError> {
+    let parse_err = |message: String| ConfigError::Parse {
+        origin: path.display().to_string(),
+        message,
+    };
     match std::fs::read_to_string(path) {
-        Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-            origin: path.display().to_string(),
-            message: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(toml::Table::new()),
-        Err(e) => Err(ConfigError::Parse {
-            origin: path.display().to_string(),
-            message: e.to_string(),
-        }),
+        Ok(text) => text
+            .parse::<toml_edit::DocumentMut>()
+            .map_err(|e| parse_err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(toml_edit::DocumentMut::new()),
+        Err(e) => Err(parse_err(e.to_string())),
     }
 }
 
 /// Writes the user's config file, creating its directory.
-pub fn write_user_table(path: &Path, table: &toml::Table) -> Result<(), ConfigError> {
+pub fn write_user_document(path: &Path, doc: &toml_edit::DocumentMut) -> Result<(), ConfigError> {
     let write_err = |e: &dyn std::fmt::Display| ConfigError::Write {
         path: path.to_owned(),
         message: e.to_string(),
@@ -639,8 +640,7 @@ pub fn write_user_table(path: &Path, table: &toml::Table) -> Result<(), ConfigEr
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| write_err(&e))?;
     }
-    let text = toml::to_string_pretty(table).map_err(|e| write_err(&e))?;
-    std::fs::write(path, text).map_err(|e| write_err(&e))
+    std::fs::write(path, doc.to_string()).map_err(|e| write_err(&e))
 }
 
 #[cfg(test)]

@@ -33,7 +33,11 @@ pub enum ProviderSetupError {
 }
 
 /// Where a provider's key comes from, for `provider list` (never the key).
-pub fn key_source(entry: &ProviderEntry) -> String {
+///
+/// `stored` says whether the secret store holds a key for the provider
+/// (`None` when it was not asked); a provider with no key anywhere is shown
+/// as having none, which is normal for local servers.
+pub fn key_source(entry: &ProviderEntry, stored: Option<bool>) -> String {
     if let Some(var) = &entry.api_key_env {
         let set = std::env::var(var).map(|v| !v.is_empty()).unwrap_or(false);
         return format!("env {var}{}", if set { "" } else { " (not set)" });
@@ -41,7 +45,11 @@ pub fn key_source(entry: &ProviderEntry) -> String {
     if entry.api_key.is_some() {
         return "inline in config".to_owned();
     }
-    "secret store".to_owned()
+    match stored {
+        Some(true) => "secret store".to_owned(),
+        Some(false) => "no key".to_owned(),
+        None => "secret store, if any".to_owned(),
+    }
 }
 
 /// Turns a config entry into the provider layer's config, resolving the key.

@@ -164,3 +164,23 @@ async fn errors_echo_and_cut_short() {
     assert_eq!(resp.status(), 500);
     assert_eq!(fake.requests().len(), 4);
 }
+
+#[test]
+fn help_documents_the_script_format() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fake-llm"))
+        .arg("--help")
+        .output()
+        .expect("run fake-llm --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "[[turns]]",
+        "type = \"tool_calls\"",
+        "type = \"error\"",
+        "[default]",
+        "read_file",
+        "example.toml",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}

@@ -387,7 +387,7 @@ async fn providers(State(state): State<ServeState>) -> Json<serde_json::Value> {
                 "base_url": p.base_url,
                 "default": Some(name) == default.as_ref(),
                 "fallback": config.fallback.contains(name),
-                "key": key_source(p),
+                "key": key_source(p, None),
             })
         })
         .collect();

@@ -6,6 +6,7 @@
 mod compaction;
 mod config;
 mod errors;
+mod first_run;
 mod headless;
 mod helpers;
 mod interactive;
