@@ -218,6 +218,10 @@ pub enum StreamEvent {
     },
     /// Token usage for the turn.
     Usage(Usage),
+    /// The provider that answers, when a fallback chain moved past its first
+    /// one; sent before that provider's first event, so that its usage can
+    /// be priced at its own rates.
+    Provider(String),
     /// The turn is complete. A stream that ends without this yielded an error.
     Done(StopReason),
 }

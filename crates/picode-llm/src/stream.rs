@@ -174,7 +174,7 @@ impl PostProcess {
                 self.native_calls = true;
                 out.push_back(Ok(event));
             }
-            StreamEvent::Usage(_) => out.push_back(Ok(event)),
+            StreamEvent::Usage(_) | StreamEvent::Provider(_) => out.push_back(Ok(event)),
             StreamEvent::Done(mut stop) => {
                 let tail = self.filter.finish();
                 if !tail.is_empty() {

@@ -122,8 +122,28 @@ pub struct Resolved {
     /// Name of the first provider of the chain.
     pub primary: String,
     pub model: String,
-    pub pricing: Option<Pricing>,
+    pub pricing: Prices,
     pub context_window: u32,
+}
+
+/// The rates of every provider of a chain, so an answer from a fallback is
+/// priced at the fallback's rates, not the first provider's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prices {
+    /// The first provider's rates.
+    pub primary: Option<Pricing>,
+    /// Every provider's rates by name (the first one included).
+    pub by_provider: std::collections::BTreeMap<String, Option<Pricing>>,
+}
+
+impl Prices {
+    /// The rates of `provider`, or the first provider's if it is unknown.
+    pub fn of(&self, provider: &str) -> Option<Pricing> {
+        self.by_provider
+            .get(provider)
+            .copied()
+            .unwrap_or(self.primary)
+    }
 }
 
 /// Builds the provider for a session: `preferred` (or the default) followed
@@ -140,6 +160,7 @@ pub fn build_chain(
     }
     let mut providers = Vec::new();
     let mut first: Option<ProviderConfig> = None;
+    let mut by_provider = std::collections::BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
         let entry = config
             .providers
@@ -152,6 +173,7 @@ pub fn build_chain(
             }
             first = Some(cfg.clone());
         }
+        by_provider.insert(cfg.name.clone(), cfg.pricing);
         providers.push(build_provider(&cfg)?);
     }
     let first = first.ok_or(ProviderSetupError::NoProviders)?;
@@ -164,7 +186,10 @@ pub fn build_chain(
         provider,
         primary: first.name.clone(),
         model: first.model.clone(),
-        pricing: first.pricing,
+        pricing: Prices {
+            primary: first.pricing,
+            by_provider,
+        },
         context_window: first.context_window,
     })
 }
@@ -213,6 +238,7 @@ pub async fn probe(provider: &dyn Provider) -> ProbeReport {
             match event? {
                 StreamEvent::TextDelta(t) => report.reply.push_str(&t),
                 StreamEvent::Done(_) => return Ok(()),
+                StreamEvent::Provider(name) => report.provider = name,
                 _ => {}
             }
         }

@@ -328,6 +328,7 @@ impl Blocks {
                 ));
             }
             Ok(StreamEvent::Usage(u)) => self.usage = u,
+            Ok(StreamEvent::Provider(_)) => {}
             Ok(StreamEvent::Done(stop)) => {
                 self.close_text(&mut out);
                 out.push(event(

@@ -296,6 +296,7 @@ pub async fn chat_completions(
                 Some(c)
             }
             Ok(StreamEvent::Done(stop)) => Some(chunk(json!({}), Some(finish_reason(&stop)))),
+            Ok(StreamEvent::Provider(_)) => None,
             Err(e) if !failed => {
                 failed = true;
                 tracing::warn!(error = %e, "stream failed after it started");

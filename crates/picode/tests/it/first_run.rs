@@ -143,3 +143,30 @@ async fn headless_text_keeps_the_steps_apart() {
     run.assert_code(0);
     assert_eq!(run.stdout, "Let me look.\n\nIt holds an x.\n");
 }
+
+#[tokio::test]
+async fn a_fallback_answer_is_priced_at_the_fallback_rates() {
+    let primary = FakeLlm::start().await;
+    let backup = FakeLlm::start().await;
+    primary.set_default(Some(Script::error(500)));
+    backup.push(Script::text("from the backup").usage(1_000_000, 1_000_000));
+    let env = TestEnv::new();
+    // The primary costs 3 + 15 per million tokens (provider_toml), the
+    // backup 1 + 2: one million of each is $3 at the backup's rates, $18 at
+    // the primary's.
+    let backup_toml = format!(
+        "[providers.backup]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"cheap\"\n\
+         api_key = \"k\"\nmax_retries = 0\npricing = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}\n",
+        backup.base_url()
+    );
+    env.write_user_config(&format!(
+        "fallback = [\"backup\"]\n{}{backup_toml}",
+        provider_toml("fake", "openai", &primary.base_url())
+    ));
+    let run = env.run(&["-p", "hi", "--output-format", "json"]).await;
+    run.assert_code(0);
+    let json = run.json();
+    assert_eq!(json["result"], "from the backup");
+    let cost = json["cost_usd"].as_f64().unwrap();
+    assert!((cost - 3.0).abs() < 1e-9, "cost {cost}");
+}

@@ -142,6 +142,7 @@ async fn timed_stream(provider: &dyn Provider, req: &ChatRequest) -> Timed {
                 turn.text.push_str(&delta);
             }
             StreamEvent::ToolCall { .. } => {}
+            StreamEvent::Provider(name) => panic!("a single provider announced {name}"),
             StreamEvent::Usage(u) => {
                 assert!(turn.usage.is_none(), "usage reported twice");
                 turn.usage = Some(u);
