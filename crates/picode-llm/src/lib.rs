@@ -30,7 +30,8 @@ pub use config::{cost, Pricing, ProviderConfig, ProviderKind, ToolProtocol};
 pub use error::LlmError;
 pub use fallback::FallbackChain;
 pub use model::{
-    ChatRequest, ContentPart, EventStream, Message, Role, StopReason, StreamEvent, ToolDef, Usage,
+    ChatRequest, ContentPart, EventStream, Message, Role, StopReason, StreamEvent, ToolChoice,
+    ToolDef, Usage,
 };
 pub use prompt_tools::describe_tools;
 pub use provider::{build_provider, collect, Provider, TurnOutput};

@@ -7,7 +7,7 @@
 //! tool results become user text in `<tool_result>` blocks. The adapters
 //! then send no `tools` field at all.
 
-use crate::model::{ChatRequest, ContentPart, Message, Role, ToolDef};
+use crate::model::{ChatRequest, ContentPart, Message, Role, ToolChoice, ToolDef};
 
 /// Rewrites `req` for the prompt protocol. Requests without tools pass
 /// through unchanged.
@@ -15,7 +15,17 @@ pub(crate) fn apply(req: &ChatRequest) -> ChatRequest {
     if req.tools.is_empty() {
         return req.clone();
     }
-    let tools_prompt = describe_tools(&req.tools);
+    let mut tools_prompt = describe_tools(&req.tools);
+    // Without a `tool_choice` field, a forced choice is said in words.
+    match &req.tool_choice {
+        Some(ToolChoice::Required) => {
+            tools_prompt.push_str("\n\nYou must call a tool in this answer.")
+        }
+        Some(ToolChoice::Tool(name)) => tools_prompt.push_str(&format!(
+            "\n\nYou must call the tool `{name}` in this answer."
+        )),
+        Some(ToolChoice::Auto | ToolChoice::None) | None => {}
+    }
     let system = match &req.system {
         Some(system) if !system.trim().is_empty() => format!("{system}\n\n{tools_prompt}"),
         _ => tools_prompt,
@@ -27,6 +37,7 @@ pub(crate) fn apply(req: &ChatRequest) -> ChatRequest {
         tools: Vec::new(),
         max_tokens: req.max_tokens,
         temperature: req.temperature,
+        tool_choice: None,
     }
 }
 

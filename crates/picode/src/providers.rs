@@ -218,6 +218,7 @@ pub async fn probe(provider: &dyn Provider) -> ProbeReport {
         tools: Vec::new(),
         max_tokens: Some(16),
         temperature: Some(0.0),
+        tool_choice: None,
     };
     let mut report = ProbeReport {
         provider: provider.name().to_owned(),

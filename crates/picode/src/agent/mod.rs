@@ -333,6 +333,7 @@ impl Agent {
             tools: tools.to_vec(),
             max_tokens: self.settings.max_tokens,
             temperature: None,
+            tool_choice: None,
         };
         let started = Instant::now();
         // Until a fallback says otherwise, the first provider answers.

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use picode_llm::{
-    collect, ChatRequest, ContentPart, Message, Role, StopReason, StreamEvent, ToolDef, Usage,
+    collect, ChatRequest, ContentPart, Message, Role, StopReason, StreamEvent, ToolChoice, ToolDef,
+    Usage,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -40,6 +41,18 @@ pub struct MessagesRequest {
     tools: Vec<WireTool>,
     #[serde(default)]
     temperature: Option<f32>,
+    #[serde(default)]
+    tool_choice: Option<WireToolChoice>,
+}
+
+/// `{"type": "auto" | "any" | "none"}` or `{"type": "tool", "name"}`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireToolChoice {
+    Auto,
+    Any,
+    None,
+    Tool { name: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +196,12 @@ fn to_chat_request(req: &MessagesRequest) -> Result<ChatRequest, ApiError> {
             .collect(),
         max_tokens: req.max_tokens,
         temperature: req.temperature,
+        tool_choice: req.tool_choice.as_ref().map(|c| match c {
+            WireToolChoice::Auto => ToolChoice::Auto,
+            WireToolChoice::Any => ToolChoice::Required,
+            WireToolChoice::None => ToolChoice::None,
+            WireToolChoice::Tool { name } => ToolChoice::Tool(name.clone()),
+        }),
     })
 }
 

@@ -12,8 +12,8 @@
 //! Each test prints a `live:` line with its figures; the script collects
 //! those lines into its report.
 //!
-//! A forced `tool_choice` is not tested: `ChatRequest` has no way to force a
-//! tool, so there is nothing of PiCode's to check there.
+//! `forced_tool_choice_yields_the_call` checks that a server honours
+//! `ChatRequest::tool_choice` as PiCode sends it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -262,6 +262,39 @@ async fn tool_call_history_is_accepted() {
         turn.message.text().chars().count(),
         turn.message.tool_calls().count(),
     );
+}
+
+#[tokio::test]
+#[ignore = "needs a live model: run scripts/live-llm"]
+async fn forced_tool_choice_yields_the_call() {
+    let Some(live) = live_server("forced_tool_choice_yields_the_call").await else {
+        return;
+    };
+    let mut req = request("Show me hello.txt.", 64);
+    req.tools = vec![ToolDef {
+        name: "read_file".into(),
+        description: "Read a file of the project.".into(),
+        parameters: json!({
+            "type": "object",
+            "properties": {"path": {"type": "string"}},
+            "required": ["path"],
+        }),
+    }];
+    req.tool_choice = Some(picode_llm::ToolChoice::Tool("read_file".into()));
+    let stream = tokio::time::timeout(CALL_TIMEOUT, live.provider.stream(&req))
+        .await
+        .expect("the server answers in time")
+        .expect("the server accepts a forced tool choice");
+    let turn = tokio::time::timeout(CALL_TIMEOUT, collect(stream))
+        .await
+        .expect("the stream finishes in time")
+        .expect("the turn completes");
+    let names: Vec<&str> = turn.message.tool_calls().map(|(_, n, _)| n).collect();
+    println!(
+        "live: forced_tool_choice calls={names:?} stop={:?}",
+        turn.stop
+    );
+    assert_eq!(names.first(), Some(&"read_file"), "{turn:?}");
 }
 
 /// (c): one headless turn through the real binary, configured by a

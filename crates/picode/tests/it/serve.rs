@@ -376,6 +376,7 @@ async fn anthropic_messages_stream_text_and_tool_use_through_the_fallback_chain(
             "max_tokens": 256,
             "stream": true,
             "system": [{"type": "text", "text": "Be brief."}],
+            "tool_choice": {"type": "tool", "name": "get_weather"},
             "tools": [{"name": "get_weather", "description": "Weather of a city",
                        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
                                         "required": ["city"]}}],
