@@ -21,6 +21,7 @@ mod model;
 mod openai;
 mod prompt_tools;
 mod provider;
+mod pythonic;
 mod retry;
 pub mod sse;
 mod stream;
@@ -35,4 +36,5 @@ pub use model::{
 };
 pub use prompt_tools::describe_tools;
 pub use provider::{build_provider, collect, Provider, TurnOutput};
+pub use pythonic::fit_arguments;
 pub use retry::{parse_retry_after, RetryPolicy};
