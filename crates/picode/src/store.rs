@@ -1,21 +1,19 @@
 //! Sessions in SQLite: conversations, turns (with their checkpoints), tool
 //! calls and usage.
 //!
-//! The schema lives in `migrations/` and is embedded with `include_str!`, so
+//! The schema lives in `migrations/` and is embedded by `sqlx::migrate!`, so
 //! the binary needs nothing beside it. Queries are runtime `sqlx::query`
 //! calls (the workspace builds sqlx without its macros), kept in this one
 //! module so no other code holds SQL.
 
-use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
 use picode_llm::{Message, Usage};
 use picode_tools::private_fs;
 use serde::Serialize;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
@@ -39,36 +37,9 @@ pub enum StoreError {
     AmbiguousSession(String),
 }
 
-/// The migrations, in order. Adding one means adding a file and a line here.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "sessions",
-    include_str!("../migrations/0001_sessions.sql"),
-)];
-
-#[derive(Debug)]
-struct EmbeddedMigrations;
-
-impl MigrationSource<'static> for EmbeddedMigrations {
-    fn resolve(
-        self,
-    ) -> BoxFuture<'static, Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>> {
-        Box::pin(async {
-            Ok(MIGRATIONS
-                .iter()
-                .map(|(version, description, sql)| {
-                    Migration::new(
-                        *version,
-                        Cow::Borrowed(*description),
-                        MigrationType::Simple,
-                        Cow::Borrowed(*sql),
-                        false,
-                    )
-                })
-                .collect())
-        })
-    }
-}
+/// The schema's migrations, embedded at build time from `migrations/`
+/// (`NNNN_description.sql`); sqlx records each applied one with its checksum.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// One row of `/sessions`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -185,7 +156,7 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(open_err)?;
-        Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
+        MIGRATOR.run(&pool).await?;
         Ok(Store { pool })
     }
 
