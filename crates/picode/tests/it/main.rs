@@ -12,6 +12,7 @@ mod helpers;
 mod interactive;
 mod live;
 mod provider;
+mod sdk;
 mod secrets;
 mod serve;
 mod trust;
