@@ -29,7 +29,8 @@ const SCRIPT_HELP: &str = r#"Script files (--script FILE; TOML when FILE ends in
                        without it, requests past the script get an error.
 
 Endpoints: POST /v1/chat/completions (OpenAI), POST /v1/messages (Anthropic),
-GET /v1/models; all streaming with tool calls as the real APIs send them.
+POST /v1/responses (OpenAI Responses API, as Codex CLI uses), GET /v1/models;
+all streaming with tool calls as the real APIs send them.
 Example: crates/fake-llm/scripts/example.toml."#;
 
 /// A fake OpenAI / Anthropic provider answering from a script.
