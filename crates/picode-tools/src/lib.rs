@@ -222,12 +222,18 @@ pub struct ToolCall {
     pub arguments: serde_json::Value,
 }
 
-/// How to start one MCP server (stdio transport).
+/// How to reach one MCP server: a command to start (stdio transport) or
+/// the `url` of a running one (streamable HTTP transport).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct McpServerConfig {
     /// Short name; tools appear to the model as `mcp__<name>__<tool>`.
     pub name: String,
+    /// The program to start; empty when `url` is given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
+    /// A streamable-HTTP endpoint, e.g. `http://127.0.0.1:8000/mcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     #[serde(default)]
     pub args: Vec<String>,
     /// Extra environment variables for the server process.

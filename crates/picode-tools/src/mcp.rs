@@ -1,7 +1,8 @@
 //! MCP servers as tools, through `rmcp`, the protocol's official Rust SDK
-//! (current protocol revision, stdio servers). Streamable-HTTP servers are
-//! not offered yet: rmcp's HTTP client needs reqwest 0.13 with its own TLS
-//! provider, a second HTTP stack beside the workspace's reqwest 0.12.
+//! (current protocol revision): servers started as a command (stdio) and
+//! running servers at a `url` (streamable HTTP). rmcp's HTTP client is
+//! reqwest 0.13, a second copy beside the workspace's 0.12 until the
+//! workspace moves; it shares rustls and ring with the rest.
 //!
 //! Servers from the config are started lazily, on the first [`McpManager::specs`]
 //! or tool call, and all at once: each gets its own startup timeout, and a
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
 use rmcp::service::RunningService;
-use rmcp::transport::TokioChildProcess;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -271,6 +272,28 @@ impl McpClient {
             server: server.clone(),
             message,
         };
+        let info = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("picode", env!("CARGO_PKG_VERSION")),
+        );
+        if let Some(url) = &config.url {
+            if !config.command.is_empty() {
+                return Err(fail("give either `command` or `url`, not both".into()));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(fail(format!("`{url}` is not an http(s) URL")));
+            }
+            install_tls_provider();
+            let transport = StreamableHttpClientTransport::from_uri(url.as_str());
+            let service = info
+                .serve(transport)
+                .await
+                .map_err(|e| fail(format!("initialize over HTTP at {url} failed: {e}")))?;
+            return Ok(McpClient { server, service });
+        }
+        if config.command.is_empty() {
+            return Err(fail("needs a `command` to start or a `url`".into()));
+        }
         let mut command = tokio::process::Command::new(&config.command);
         command
             .args(&config.args)
@@ -295,10 +318,6 @@ impl McpClient {
                 }
             });
         }
-        let info = ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new("picode", env!("CARGO_PKG_VERSION")),
-        );
         let service = info
             .serve(transport)
             .await
@@ -333,6 +352,16 @@ impl McpClient {
             message,
         }
     }
+}
+
+/// rmcp's HTTP client is built on rustls without a crypto provider of its
+/// own (so that it does not bring a second one); the workspace's is ring.
+fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only when a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Locks a std mutex, recovering from poisoning (a list of failures stays valid).

