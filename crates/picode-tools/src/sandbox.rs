@@ -386,6 +386,30 @@ mod tests {
     }
 
     #[test]
+    fn required_accepts_only_a_confinement_that_covers_what_was_asked() {
+        let closed = Policy::for_project(Path::new("/tmp"), &SandboxConfig::default());
+        let open = Policy {
+            allow_network: true,
+            ..closed.clone()
+        };
+        let no_net = Confinement::Partial("not confined: network (needs Linux 6.7)".into());
+        let no_scope = Confinement::Partial(
+            "not confined: abstract sockets and signals (need Linux 6.12)".into(),
+        );
+        let none = Confinement::Unavailable("this kernel has no Landlock".into());
+        assert!(closed.meets_requirement(&Confinement::Full));
+        assert!(!closed.meets_requirement(&no_net));
+        assert!(open.meets_requirement(&no_net));
+        assert!(closed.meets_requirement(&no_scope));
+        assert!(!closed.meets_requirement(&none));
+        assert!(!open.meets_requirement(&Confinement::NotRequested));
+        let refused = refusal(&none);
+        assert!(refused.contains("sandbox = \"required\""), "{refused}");
+        assert!(refused.contains("this kernel has no Landlock"), "{refused}");
+        assert!(refused.contains("it was not run"), "{refused}");
+    }
+
+    #[test]
     fn carving_leaves_the_hidden_dir_out_and_lists_its_ancestors() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
