@@ -466,12 +466,16 @@ fn env_layer() -> Env {
 
 /// Whether a (`__`-nested) variable name starts with a top-level key.
 fn is_config_key(key: &str) -> bool {
+    // The top-level keys, read once from the serialised defaults so the
+    // list cannot fall out of step with `Config`.
+    static KEYS: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        });
     let key = key.to_ascii_lowercase();
     let top = key.split("__").next().unwrap_or("");
-    match serde_json::to_value(Config::default()) {
-        Ok(serde_json::Value::Object(map)) => map.contains_key(top),
-        _ => false,
-    }
+    KEYS.iter().any(|k| k == top)
 }
 
 /// How far a mode lets the agent go without asking, for comparisons.
