@@ -22,7 +22,12 @@
 //! - TCP `connect` and `bind` are refused unless the user allows the network
 //!   (Landlock ABI 4, Linux 6.7); UDP is not covered by that ABI;
 //! - abstract UNIX sockets and signals outside the sandbox are refused
-//!   (ABI 6, Linux 6.12), when the kernel has it.
+//!   (ABI 6, Linux 6.12), when the kernel has it;
+//! - PiCode's own environment (where provider keys are) is out of reach
+//!   through `/proc/PID/environ`: Landlock refuses it to a sandboxed command
+//!   of an ordinary user, and the `picode` binary makes itself non-dumpable,
+//!   which refuses it to unsandboxed commands too. A command run as root
+//!   read it on the Linux 6.18 this was tested on, sandbox or not.
 //!
 //! What it does not cover: connecting to pathname UNIX sockets such as a
 //! D-Bus session bus (the kernel can mediate that only from ABI 9), and

@@ -175,6 +175,12 @@ pub fn run(cli: Cli) -> ExitCode {
         _ => "debug",
     };
     telemetry::init_logging(filter, telemetry::LogFormat::Text);
+    // Non-dumpable: no core file with the keys in it, and `/proc/PID/environ`
+    // and `/proc/PID/mem` closed to the commands PiCode runs as the same
+    // user (sandboxed or not). Failure only leaves things as they were.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "could not make the process non-dumpable");
+    }
     let project = match &cli.session.cwd {
         Some(dir) => dir.clone(),
         None => match std::env::current_dir() {

@@ -22,6 +22,7 @@ async fn commands_see_neither_provider_keys_nor_the_key_files() {
     fake.push(Script::tool_call("shell", json!({ "command": cat })));
     let plant = format!("echo x > {}", env.config_dir.join("AGENTS.md").display());
     fake.push(Script::tool_call("shell", json!({ "command": plant })));
+
     fake.push(Script::text("done"));
 
     let run = env
@@ -101,4 +102,87 @@ async fn the_sessions_database_is_private_and_tightened_on_open() {
     assert_eq!(mode(&db), 0o600);
     let checkpoints = env.data_dir.join("checkpoints");
     assert_eq!(mode(&checkpoints), 0o700);
+}
+
+/// Makes everything under `dir` belong to `uid`.
+fn chown_tree(dir: &std::path::Path, uid: u32) {
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            chown_tree(&path, uid);
+        } else {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid)).unwrap();
+        }
+    }
+}
+
+/// A command cannot read PiCode's own environment (where the provider keys
+/// are) through `/proc/PID/environ`, with the sandbox (Landlock) and without
+/// it (PiCode is non-dumpable, so those files belong to root). Both hold for
+/// ordinary users; a command run as root read them on Linux 6.18 whatever
+/// PiCode did (even without CAP_SYS_PTRACE), so when the tests run as root,
+/// PiCode runs as `nobody`.
+#[tokio::test]
+async fn picodes_own_environment_is_closed_to_its_commands() {
+    for sandbox in ["auto", "off"] {
+        let fake = FakeLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for sub in ["project", "config", "data", "home"] {
+            std::fs::create_dir(root.join(sub)).unwrap();
+        }
+        std::fs::write(
+            root.join("config/picode.toml"),
+            format!(
+                "sandbox = \"{sandbox}\"\n{}",
+                crate::helpers::provider_toml("fake", "openai", &fake.base_url())
+            ),
+        )
+        .unwrap();
+        let bin = root.join("picode");
+        std::fs::copy(crate::helpers::BIN, &bin).unwrap();
+        fake.push(Script::tool_call(
+            "shell",
+            json!({"command": "tr '\\0' '\\n' < /proc/$PPID/environ"}),
+        ));
+        fake.push(Script::text("done"));
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            const NOBODY: u32 = 65534;
+            chown_tree(root, NOBODY);
+            let mut cmd = tokio::process::Command::new("setpriv");
+            cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&bin);
+            cmd
+        } else {
+            tokio::process::Command::new(&bin)
+        };
+        let out = cmd
+            .args(["-p", "look", "--permission-mode", "full-auto"])
+            .current_dir(root.join("project"))
+            .env("PICODE_CONFIG_DIR", root.join("config"))
+            .env("PICODE_DATA_DIR", root.join("data"))
+            .env("HOME", root.join("home"))
+            .env("PICODE_SECRET_STORE", "file")
+            .env("LEAK_PROBE", "marker-that-must-not-leak")
+            .output()
+            .await
+            .expect("run picode (as nobody through setpriv when root)");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let results = tool_results(fake.requests().last().unwrap());
+        let output = &results[0].1;
+        assert!(
+            output.contains("Permission denied"),
+            "sandbox {sandbox}: {output}"
+        );
+        assert!(
+            !output.contains("marker-that-must-not-leak"),
+            "sandbox {sandbox}: {output}"
+        );
+    }
 }
