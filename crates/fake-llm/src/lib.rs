@@ -3,7 +3,8 @@
 //! A scripted stand-in for an LLM provider, for PiCode's tests and
 //! benchmarks. It speaks the OpenAI Chat Completions and Anthropic Messages
 //! protocols, streaming and not, framed byte for byte as the real APIs frame
-//! them, and answers each chat request with the next turn of a script: text,
+//! them, and OpenAI's Responses API (event for event, for Codex CLI), and
+//! answers each chat request with the next turn of a script: text,
 //! tool calls split into chunks, an HTTP error, a stream cut short, a
 //! malformed chunk, with delays. It records every request so tests can check
 //! what the client sent.
@@ -25,6 +26,7 @@
 mod answer;
 mod anthropic;
 mod openai;
+mod responses;
 mod script;
 mod server;
 

@@ -7,9 +7,35 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use fake_llm::{FakeState, Script, ScriptFile};
 
+/// The script format, printed by `--help` (the README has the same text).
+const SCRIPT_HELP: &str = r#"Script files (--script FILE; TOML when FILE ends in .toml, else JSON):
+
+  [[turns]]            one scripted answer per chat request, in order
+  type = "text"        text = "..."
+  type = "tool_calls"  text = "..." (optional, before the calls)
+                       calls = [{ name = "read_file", arguments = { path = "src/lib.rs" } }]
+                       (id = "call_1" optional; names are the client's tool names,
+                       for PiCode: read_file, write_file, edit_file, list_files,
+                       grep, shell, git_status, git_diff)
+  type = "error"       status = 429, message = "...", retry_after = "1"
+  type = "cut_short"   text = "...", after_events = 3 (connection dropped mid-stream)
+  type = "malformed"   text = "...", bad = "{not json" (a broken SSE chunk)
+  type = "echo"        answers with the last user message
+
+  Each turn may also set: chunks = N, first_byte_delay_ms = N,
+  chunk_delay_ms = N, usage = { input_tokens = N, output_tokens = N }.
+
+  [default]            served (forever) once the turns are used up;
+                       without it, requests past the script get an error.
+
+Endpoints: POST /v1/chat/completions (OpenAI), POST /v1/messages (Anthropic),
+POST /v1/responses (OpenAI Responses API, as Codex CLI uses), GET /v1/models;
+all streaming with tool calls as the real APIs send them.
+Example: crates/fake-llm/scripts/example.toml."#;
+
 /// A fake OpenAI / Anthropic provider answering from a script.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_long_help = SCRIPT_HELP, after_help = "Run with --help for the script format.")]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8089")]

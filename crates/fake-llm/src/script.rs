@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn example_script_parses() {
         let file: ScriptFile = toml::from_str(include_str!("../scripts/example.toml")).unwrap();
-        assert_eq!(file.turns.len(), 3);
+        assert_eq!(file.turns.len(), 4);
         assert_eq!(file.default, Some(Script::echo()));
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::answer::Answer;
 use crate::script::{Reply, Script};
-use crate::{anthropic, openai};
+use crate::{anthropic, openai, responses};
 
 /// A request the fake received.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +93,7 @@ pub fn router(state: Arc<FakeState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses_api))
         .route("/v1/models", get(models))
         .with_state(state)
 }
@@ -112,6 +113,8 @@ pub async fn serve(
 enum Protocol {
     OpenAi,
     Anthropic,
+    /// OpenAI's Responses API (Codex CLI).
+    Responses,
 }
 
 fn record(
@@ -167,6 +170,17 @@ async fn messages(
     respond(&state, Protocol::Anthropic, &body).await
 }
 
+async fn responses_api(
+    State(state): State<Arc<FakeState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body = record(&state, &method, &uri, &headers, &body);
+    respond(&state, Protocol::Responses, &body).await
+}
+
 async fn models(
     State(state): State<Arc<FakeState>>,
     method: Method,
@@ -190,7 +204,7 @@ fn error_response(
     retry_after: Option<&str>,
 ) -> Response {
     let body = match protocol {
-        Protocol::OpenAi => openai::error_body(status, message),
+        Protocol::OpenAi | Protocol::Responses => openai::error_body(status, message),
         Protocol::Anthropic => anthropic::error_body(status, message),
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -228,6 +242,7 @@ async fn respond(state: &FakeState, protocol: Protocol, body: &Value) -> Respons
     let last_user = match protocol {
         Protocol::OpenAi => openai::last_user_text(body),
         Protocol::Anthropic => anthropic::last_user_text(body),
+        Protocol::Responses => responses::last_user_text(body),
     };
     let answer = Answer::resolve(&script, seq, model, &last_user);
 
@@ -236,6 +251,7 @@ async fn respond(state: &FakeState, protocol: Protocol, body: &Value) -> Respons
         return Json(match protocol {
             Protocol::OpenAi => openai::complete_body(&answer),
             Protocol::Anthropic => anthropic::complete_body(&answer),
+            Protocol::Responses => responses::complete_body(&answer),
         })
         .into_response();
     }
@@ -249,6 +265,7 @@ async fn respond(state: &FakeState, protocol: Protocol, body: &Value) -> Respons
             openai::stream_frames(&answer, include_usage)
         }
         Protocol::Anthropic => anthropic::stream_frames(&answer),
+        Protocol::Responses => responses::stream_frames(&answer),
     };
     let cut_after = match script.reply {
         Reply::CutShort { after_events, .. } => {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
-use crate::model::{ChatRequest, EventStream};
+use crate::model::{ChatRequest, EventStream, StreamEvent};
 use crate::{LlmError, Provider};
 
 /// A provider that delegates to a list of providers, moving to the next one
@@ -56,7 +56,7 @@ impl Provider for FallbackChain {
 
     async fn stream(&self, req: &ChatRequest) -> Result<EventStream, LlmError> {
         let mut failures = Vec::new();
-        for provider in &self.providers {
+        for (index, provider) in self.providers.iter().enumerate() {
             let mut stream = match provider.stream(req).await {
                 Ok(stream) => stream,
                 Err(err) if err.should_fall_back() => {
@@ -70,7 +70,13 @@ impl Provider for FallbackChain {
             // producing anything still counts as this provider failing.
             match stream.next().await {
                 Some(Ok(first)) => {
-                    let rest = futures_util::stream::once(async move { Ok(first) }).chain(stream);
+                    // A fallback says who answers, so the caller prices its
+                    // usage at that provider's rates.
+                    let announce =
+                        (index > 0).then(|| Ok(StreamEvent::Provider(provider.name().to_owned())));
+                    let rest = futures_util::stream::iter(announce)
+                        .chain(futures_util::stream::once(async move { Ok(first) }))
+                        .chain(stream);
                     return Ok(Box::pin(rest));
                 }
                 Some(Err(err)) if err.should_fall_back() => {

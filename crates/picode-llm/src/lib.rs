@@ -21,6 +21,7 @@ mod model;
 mod openai;
 mod prompt_tools;
 mod provider;
+mod pythonic;
 mod retry;
 pub mod sse;
 mod stream;
@@ -30,8 +31,10 @@ pub use config::{cost, Pricing, ProviderConfig, ProviderKind, ToolProtocol};
 pub use error::LlmError;
 pub use fallback::FallbackChain;
 pub use model::{
-    ChatRequest, ContentPart, EventStream, Message, Role, StopReason, StreamEvent, ToolDef, Usage,
+    ChatRequest, ContentPart, EventStream, Message, Role, StopReason, StreamEvent, ToolChoice,
+    ToolDef, Usage,
 };
 pub use prompt_tools::describe_tools;
 pub use provider::{build_provider, collect, Provider, TurnOutput};
+pub use pythonic::fit_arguments;
 pub use retry::{parse_retry_after, RetryPolicy};

@@ -162,6 +162,24 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
+    /// Whether and which tool the model must call; `None` leaves it to the
+    /// provider's default (the model decides). Not sent when no tools are
+    /// offered natively.
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// How the model is told to use tools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// The model must call some tool (OpenAI `required`, Anthropic `any`).
+    Required,
+    /// The model must not call tools.
+    None,
+    /// The model must call this tool.
+    Tool(String),
 }
 
 /// Token counts for one turn, as reported by the provider.
@@ -218,6 +236,10 @@ pub enum StreamEvent {
     },
     /// Token usage for the turn.
     Usage(Usage),
+    /// The provider that answers, when a fallback chain moved past its first
+    /// one; sent before that provider's first event, so that its usage can
+    /// be priced at its own rates.
+    Provider(String),
     /// The turn is complete. A stream that ends without this yielded an error.
     Done(StopReason),
 }

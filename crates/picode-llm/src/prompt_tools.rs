@@ -7,7 +7,7 @@
 //! tool results become user text in `<tool_result>` blocks. The adapters
 //! then send no `tools` field at all.
 
-use crate::model::{ChatRequest, ContentPart, Message, Role, ToolDef};
+use crate::model::{ChatRequest, ContentPart, Message, Role, ToolChoice, ToolDef};
 
 /// Rewrites `req` for the prompt protocol. Requests without tools pass
 /// through unchanged.
@@ -15,7 +15,17 @@ pub(crate) fn apply(req: &ChatRequest) -> ChatRequest {
     if req.tools.is_empty() {
         return req.clone();
     }
-    let tools_prompt = describe_tools(&req.tools);
+    let mut tools_prompt = describe_tools(&req.tools);
+    // Without a `tool_choice` field, a forced choice is said in words.
+    match &req.tool_choice {
+        Some(ToolChoice::Required) => {
+            tools_prompt.push_str("\n\nYou must call a tool in this answer.")
+        }
+        Some(ToolChoice::Tool(name)) => tools_prompt.push_str(&format!(
+            "\n\nYou must call the tool `{name}` in this answer."
+        )),
+        Some(ToolChoice::Auto | ToolChoice::None) | None => {}
+    }
     let system = match &req.system {
         Some(system) if !system.trim().is_empty() => format!("{system}\n\n{tools_prompt}"),
         _ => tools_prompt,
@@ -27,6 +37,7 @@ pub(crate) fn apply(req: &ChatRequest) -> ChatRequest {
         tools: Vec::new(),
         max_tokens: req.max_tokens,
         temperature: req.temperature,
+        tool_choice: None,
     }
 }
 
@@ -53,7 +64,52 @@ pub fn describe_tools(tools: &[ToolDef]) -> String {
          in a user message, in <tool_result> blocks. When no tool is needed, answer \
          normally without any <tool_call> block.",
     );
+    if let Some(example) = one_shot(tools) {
+        out.push_str("\n\nFor example:\n\n");
+        out.push_str(&example);
+    }
     out
+}
+
+/// One worked exchange with the first tool: small models follow an example
+/// far better than a description of the format.
+fn one_shot(tools: &[ToolDef]) -> Option<String> {
+    let tool = tools.first()?;
+    let params = &tool.parameters;
+    let argument = params["required"]
+        .as_array()
+        .and_then(|r| r.first())
+        .and_then(|v| v.as_str())
+        .or_else(|| {
+            params["properties"]
+                .as_object()?
+                .keys()
+                .next()
+                .map(String::as_str)
+        });
+    let arguments = match argument {
+        Some(name) => serde_json::json!({ name: example_value(name) }),
+        None => serde_json::json!({}),
+    };
+    // Written by hand so that `name` comes first, as in the format above.
+    let call = format!(
+        "{{\"name\": {}, \"arguments\": {arguments}}}",
+        serde_json::Value::String(tool.name.clone())
+    );
+    Some(format!(
+        "User: Please use {name}.\nAssistant: I will call {name}.\n<tool_call>\n{call}\n</tool_call>",
+        name = tool.name
+    ))
+}
+
+/// A plausible value for an argument, going by its name.
+fn example_value(name: &str) -> &'static str {
+    match name {
+        n if n.contains("path") || n.contains("file") => "README.md",
+        n if n.contains("command") || n == "cmd" => "ls",
+        n if n.contains("pattern") || n.contains("query") => "TODO",
+        _ => "value",
+    }
 }
 
 fn rewrite_message(msg: &Message) -> Message {
@@ -98,6 +154,25 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_prompt_carries_a_worked_example_that_parses_back() {
+        let tools = [ToolDef {
+            name: "read_file".into(),
+            description: "Read a file".into(),
+            parameters: json!({"type": "object",
+                "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        }];
+        let prompt = describe_tools(&tools);
+        let example = &prompt[prompt.find("For example:").expect("an example")..];
+        assert!(
+            example.contains(r#"{"name": "read_file", "arguments": {"path":"README.md"}}"#),
+            "{example}"
+        );
+        let parsed = crate::text_tools::parse_tool_calls(example, &["read_file".to_owned()]);
+        assert_eq!(parsed.calls.len(), 1);
+        assert_eq!(parsed.calls[0].arguments, json!({"path": "README.md"}));
+    }
 
     #[test]
     fn calls_and_results_become_text() {

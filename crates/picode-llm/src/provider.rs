@@ -97,6 +97,7 @@ pub async fn collect(mut stream: EventStream) -> Result<TurnOutput, LlmError> {
                 arguments,
             }),
             StreamEvent::Usage(u) => usage = Some(u),
+            StreamEvent::Provider(_) => {}
             StreamEvent::Done(stop) => {
                 let mut content = Vec::new();
                 if !text.is_empty() {

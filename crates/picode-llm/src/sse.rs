@@ -4,6 +4,17 @@
 //! dispatches the event. Bytes may be split anywhere, including inside a
 //! `\r\n` pair or a multi-byte character, so the parser keeps what it has not
 //! yet seen a line end for.
+//!
+//! Why our own and not `eventsource-stream` or `sse-stream`: those wrap the
+//! response's byte stream, while the adapters' `drive` loop (`stream.rs`)
+//! feeds each chunk to this push parser and, when the body ends, flushes an
+//! unterminated last event and asks the decoder whether the stream ended
+//! properly: the cut-stream detection that errors and the fallback chain
+//! rely on. A push parser keeps that in one loop; a wrapping stream would
+//! need the same end-of-body handling around it. The parser is small (it
+//! skips `id:` and `retry:`, which matter only for browser reconnection)
+//! and its tests split the bytes at every point. A stated reason, not a
+//! measured one.
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use futures_util::{Stream, StreamExt};
 
 use crate::config::ToolProtocol;
 use crate::error::LlmError;
-use crate::model::{ChatRequest, EventStream, StopReason, StreamEvent};
+use crate::model::{ChatRequest, EventStream, StopReason, StreamEvent, ToolDef};
 use crate::sse::{SseEvent, SseParser};
 use crate::text_tools::{generate_call_id, parse_tool_calls, TextFilter};
 
@@ -33,6 +33,19 @@ pub(crate) struct TextOptions {
     pub text_tool_calls: bool,
     /// Names of the offered tools.
     pub known_tools: Vec<String>,
+    /// The offered tools, for fitting arguments to their schemas.
+    pub tools: Vec<ToolDef>,
+}
+
+impl TextOptions {
+    /// A call with its arguments fitted to the tool's schema (see
+    /// [`crate::fit_arguments`]); calls of unknown tools pass unchanged.
+    fn fitted(&self, name: &str, mut arguments: serde_json::Value) -> serde_json::Value {
+        if let Some(tool) = self.tools.iter().find(|t| t.name == name) {
+            crate::pythonic::fit_arguments(&mut arguments, tool);
+        }
+        arguments
+    }
 }
 
 impl TextOptions {
@@ -45,6 +58,7 @@ impl TextOptions {
         let text = TextOptions {
             text_tool_calls: !req.tools.is_empty(),
             known_tools: req.tools.iter().map(|t| t.name.clone()).collect(),
+            tools: req.tools.clone(),
         };
         let req = match protocol {
             ToolProtocol::Native => std::borrow::Cow::Borrowed(req),
@@ -170,11 +184,20 @@ impl PostProcess {
                     out.push_back(Ok(StreamEvent::TextDelta(visible)));
                 }
             }
-            StreamEvent::ToolCall { .. } => {
+            StreamEvent::ToolCall {
+                id,
+                name,
+                arguments,
+            } => {
                 self.native_calls = true;
-                out.push_back(Ok(event));
+                let arguments = self.options.fitted(&name, arguments);
+                out.push_back(Ok(StreamEvent::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                }));
             }
-            StreamEvent::Usage(_) => out.push_back(Ok(event)),
+            StreamEvent::Usage(_) | StreamEvent::Provider(_) => out.push_back(Ok(event)),
             StreamEvent::Done(mut stop) => {
                 let tail = self.filter.finish();
                 if !tail.is_empty() {
@@ -188,10 +211,11 @@ impl PostProcess {
                     // Usage, when already sent, came before the calls; the
                     // order among non-Done events carries no meaning.
                     for call in parsed.calls {
+                        let arguments = self.options.fitted(&call.name, call.arguments);
                         out.push_back(Ok(StreamEvent::ToolCall {
                             id: generate_call_id(),
                             name: call.name,
-                            arguments: call.arguments,
+                            arguments,
                         }));
                     }
                 }

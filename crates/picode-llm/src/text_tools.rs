@@ -3,8 +3,9 @@
 //! Local models served through OpenAI-compatible servers often ignore the
 //! native tool-calling fields and write the call into their answer instead,
 //! in one of a few habitual shapes: `<tool_call>{...}</tool_call>` (Qwen,
-//! Hermes), a fenced ```` ```json ```` block, or a bare JSON object with
-//! `name` and `arguments` (or `parameters`). Reasoning models also wrap their
+//! Hermes), a fenced ```` ```json ```` block, a bare JSON object with
+//! `name` and `arguments` (or `parameters`), or a Python-style call
+//! `read_file(path="a.txt")` (Llama 3.2, many small models; see `pythonic`). Reasoning models also wrap their
 //! thoughts in `<think>...</think>`, which is not part of the answer. This
 //! module recovers the calls and strips the reasoning, both for a whole text
 //! ([`parse_tool_calls`], [`strip_think`]) and incrementally while streaming
@@ -169,12 +170,35 @@ pub fn parse_tool_calls(text: &str, known_tools: &[String]) -> ParsedText {
         }
     }
     visible.push_str(&text[copied_to..]);
+    if !calls.is_empty() {
+        return ParsedText {
+            text: visible.trim().to_string(),
+            calls,
+        };
+    }
+
+    // 4. Python-style calls of known tools: `read_file(path="a.txt")`.
+    let found = crate::pythonic::find_calls(&text, known_tools);
+    if found.is_empty() {
+        return ParsedText { text, calls };
+    }
+    let mut visible = String::new();
+    let mut copied_to = 0;
+    for (range, call) in found {
+        visible.push_str(&text[copied_to..range.start]);
+        copied_to = range.end;
+        calls.push(call);
+    }
+    visible.push_str(&text[copied_to..]);
+    // What is left of a `[call(), call()]` list is punctuation.
+    let visible = visible.trim();
+    let visible = if visible.chars().all(|c| "[], \n".contains(c)) {
+        ""
+    } else {
+        visible
+    };
     ParsedText {
-        text: if calls.is_empty() {
-            text
-        } else {
-            visible.trim().to_string()
-        },
+        text: visible.to_string(),
         calls,
     }
 }

@@ -6,10 +6,17 @@ use std::path::Path;
 /// root, and joins the non-empty ones under headings that say where each
 /// came from. The project file comes last so that, when the two disagree,
 /// the more specific instructions are the ones the model read most recently.
-pub fn load_agents_md(project_root: &Path, user_config_dir: Option<&Path>) -> Option<String> {
+///
+/// Without `project_trusted` the project's file is left out: a cloned
+/// repository's instructions are not the user's.
+pub fn load_agents_md(
+    project_root: &Path,
+    user_config_dir: Option<&Path>,
+    project_trusted: bool,
+) -> Option<String> {
     let sources = [
         user_config_dir.map(|dir| ("User instructions", dir.join("AGENTS.md"))),
-        Some(("Project instructions", project_root.join("AGENTS.md"))),
+        project_trusted.then(|| ("Project instructions", project_root.join("AGENTS.md"))),
     ];
     let sections: Vec<String> = sources
         .into_iter()
@@ -38,16 +45,19 @@ mod tests {
     fn user_then_project_with_headings() {
         let user = tempfile::tempdir().unwrap();
         let project = tempfile::tempdir().unwrap();
-        assert_eq!(load_agents_md(project.path(), Some(user.path())), None);
+        assert_eq!(
+            load_agents_md(project.path(), Some(user.path()), true),
+            None
+        );
 
         std::fs::write(project.path().join("AGENTS.md"), "Run cargo test.\n").unwrap();
-        let only_project = load_agents_md(project.path(), None).unwrap();
+        let only_project = load_agents_md(project.path(), None, true).unwrap();
         assert!(only_project.starts_with("# Project instructions"));
         assert!(only_project.contains("Run cargo test."));
 
         std::fs::write(user.path().join("AGENTS.md"), "Be brief.").unwrap();
         std::fs::write(project.path().join("AGENTS.md"), "Run cargo test.").unwrap();
-        let both = load_agents_md(project.path(), Some(user.path())).unwrap();
+        let both = load_agents_md(project.path(), Some(user.path()), true).unwrap();
         let user_at = both.find("Be brief.").unwrap();
         let project_at = both.find("Run cargo test.").unwrap();
         assert!(user_at < project_at);

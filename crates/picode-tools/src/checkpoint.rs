@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
+use crate::private_fs;
 use crate::{git, ToolError};
 
 /// A snapshot in the shadow store (a commit id there, meaningless in the user's repo).
@@ -163,9 +164,14 @@ impl Checkpoints {
         if *initialised {
             return Ok(());
         }
+        // Snapshots hold every file of the project: only the owner may read
+        // them, also when the store was made by an older version.
+        let io = |e| ToolError::io(self.git_dir.display().to_string(), e);
+        if let Some(store_root) = self.git_dir.parent() {
+            private_fs::create_private_dir(store_root).map_err(io)?;
+        }
+        private_fs::create_private_dir(&self.git_dir).map_err(io)?;
         if !self.git_dir.join("HEAD").exists() {
-            std::fs::create_dir_all(&self.git_dir)
-                .map_err(|e| ToolError::io(self.git_dir.display().to_string(), e))?;
             git::run_ok(
                 &self.work_tree,
                 &[

@@ -14,6 +14,10 @@
 //! - It never reads or writes outside the project root. Every path the model
 //!   gives is resolved (`..`, absolute paths, symlinks) and refused if it
 //!   escapes; shell commands may only start inside the project.
+//! - It never hands secrets to a command: shell commands and MCP servers get
+//!   a scrubbed environment, and in `auto-edit` and `full-auto` shell
+//!   commands run in a Landlock sandbox (see `sandbox`). Tool output that
+//!   looks like a key is redacted before anyone stores or sends it.
 //! - It never lets `plan` mode change anything: the refusal happens here, in
 //!   the tool layer, not in a prompt the model could ignore.
 //! - It knows nothing about LLM providers, the agent loop, the CLI or HTTP;
@@ -32,6 +36,9 @@ mod git;
 mod mcp;
 mod output;
 mod paths;
+pub mod private_fs;
+mod redact;
+mod sandbox;
 mod search;
 mod shell;
 mod specs;
@@ -51,6 +58,8 @@ pub use async_trait::async_trait;
 pub use agents_md::load_agents_md;
 pub use checkpoint::{CheckpointId, Checkpoints};
 pub use error::ToolError;
+pub use redact::{redact, REDACTED};
+pub use sandbox::{is_secret_name, scrubbed_env, Confinement, SandboxConfig, SandboxMode};
 pub use toolbox::Toolbox;
 
 /// How much the agent may do without asking the user.
@@ -213,12 +222,18 @@ pub struct ToolCall {
     pub arguments: serde_json::Value,
 }
 
-/// How to start one MCP server (stdio transport).
+/// How to reach one MCP server: a command to start (stdio transport) or
+/// the `url` of a running one (streamable HTTP transport).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct McpServerConfig {
     /// Short name; tools appear to the model as `mcp__<name>__<tool>`.
     pub name: String,
+    /// The program to start; empty when `url` is given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
+    /// A streamable-HTTP endpoint, e.g. `http://127.0.0.1:8000/mcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     #[serde(default)]
     pub args: Vec<String>,
     /// Extra environment variables for the server process.
@@ -240,6 +255,10 @@ pub struct ToolboxConfig {
     /// (see [`default_checkpoint_dir`]).
     pub checkpoint_dir: Option<PathBuf>,
     pub mcp_servers: Vec<McpServerConfig>,
+    /// The environment and sandbox of shell commands and MCP servers.
+    pub sandbox: SandboxConfig,
+    /// Whether secret-looking tool output is redacted.
+    pub redact_secrets: bool,
 }
 
 impl ToolboxConfig {
@@ -257,6 +276,8 @@ impl ToolboxConfig {
             output_cap_bytes: Self::DEFAULT_OUTPUT_CAP,
             checkpoint_dir: None,
             mcp_servers: Vec::new(),
+            sandbox: SandboxConfig::default(),
+            redact_secrets: true,
         }
     }
 }

@@ -1,28 +1,33 @@
-//! A small MCP client over stdio (JSON-RPC 2.0, one message per line).
+//! MCP servers as tools, through `rmcp`, the protocol's official Rust SDK
+//! (current protocol revision): servers started as a command (stdio) and
+//! running servers at a `url` (streamable HTTP). rmcp's HTTP client is
+//! reqwest 0.13, a second copy beside the workspace's 0.12 until the
+//! workspace moves; it shares rustls and ring with the rest.
 //!
 //! Servers from the config are started lazily, on the first [`McpManager::specs`]
 //! or tool call, and all at once: each gets its own startup timeout, and a
 //! server that fails to start is logged and left out while the others work.
-//! Only the client side of the tools feature is implemented (`initialize`,
-//! `notifications/initialized`, `tools/list`, `tools/call`, answering `ping`).
+//! rmcp runs the handshake, answers the server's pings and pages through
+//! `tools/list`; this module names the tools for the model (`mcp__server__tool`)
+//! and renders results as text.
 
-use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::service::RunningService;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin};
-use tokio::sync::{oneshot, OnceCell};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
 use crate::{McpServerConfig, ToolError, ToolOutput, ToolSpec};
 
-/// The protocol revision we speak.
-const PROTOCOL_VERSION: &str = "2024-11-05";
 /// Time for a server to start, initialise and list its tools.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time for one tool call; tools may do real work (builds, web requests).
@@ -37,6 +42,8 @@ const MAX_NAME_LEN: usize = 64;
 pub(crate) struct McpManager {
     configs: Vec<McpServerConfig>,
     cwd: PathBuf,
+    /// The scrubbed environment servers start with (their own `env` is added).
+    env: Arc<Vec<(OsString, OsString)>>,
     servers: OnceCell<Vec<RemoteTool>>,
     /// Servers that failed to start, with the reason, for the UI to show.
     failures: Mutex<Vec<(String, String)>>,
@@ -56,10 +63,15 @@ struct RemoteTool {
 
 impl McpManager {
     /// Remembers the servers; nothing is started yet. `cwd` is where servers run.
-    pub(crate) fn new(configs: Vec<McpServerConfig>, cwd: PathBuf) -> McpManager {
+    pub(crate) fn new(
+        configs: Vec<McpServerConfig>,
+        cwd: PathBuf,
+        env: Vec<(OsString, OsString)>,
+    ) -> McpManager {
         McpManager {
             configs,
             cwd,
+            env: Arc::new(env),
             servers: OnceCell::new(),
             failures: Mutex::new(Vec::new()),
         }
@@ -109,14 +121,7 @@ impl McpManager {
         } else {
             args.clone()
         };
-        let result = tool
-            .client
-            .request(
-                "tools/call",
-                json!({"name": tool.name, "arguments": arguments}),
-                CALL_TIMEOUT,
-            )
-            .await?;
+        let result = tool.client.call_tool(&tool.name, arguments).await?;
         Ok(render_call_result(&result))
     }
 
@@ -129,16 +134,18 @@ impl McpManager {
         let mut set = JoinSet::new();
         for (index, config) in self.configs.iter().cloned().enumerate() {
             let cwd = self.cwd.clone();
+            let env = Arc::clone(&self.env);
             set.spawn(async move {
                 let name = config.name.clone();
-                let started = tokio::time::timeout(STARTUP_TIMEOUT, start_server(config, cwd))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ToolError::Mcp {
-                            server: name.clone(),
-                            message: format!("did not start within {STARTUP_TIMEOUT:?}"),
-                        })
-                    });
+                let started =
+                    tokio::time::timeout(STARTUP_TIMEOUT, start_server(config, cwd, &env))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ToolError::Mcp {
+                                server: name.clone(),
+                                message: format!("did not start within {STARTUP_TIMEOUT:?}"),
+                            })
+                        });
                 (index, name, started)
             });
         }
@@ -168,53 +175,22 @@ impl McpManager {
 }
 
 /// Spawns, initialises and lists the tools of one server.
-async fn start_server(config: McpServerConfig, cwd: PathBuf) -> Result<Vec<RemoteTool>, ToolError> {
-    let client = Arc::new(McpClient::spawn(&config, &cwd)?);
-    client
-        .request(
-            "initialize",
-            json!({
-                "protocolVersion": PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "picode", "version": env!("CARGO_PKG_VERSION")},
-            }),
-            STARTUP_TIMEOUT,
-        )
-        .await?;
-    client
-        .notify("notifications/initialized", json!({}))
-        .await?;
-
+async fn start_server(
+    config: McpServerConfig,
+    cwd: PathBuf,
+    env: &[(OsString, OsString)],
+) -> Result<Vec<RemoteTool>, ToolError> {
+    let client = Arc::new(McpClient::start(&config, &cwd, env).await?);
     let mut tools = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let params = match &cursor {
-            Some(c) => json!({"cursor": c}),
-            None => json!({}),
-        };
-        let page = client
-            .request("tools/list", params, STARTUP_TIMEOUT)
-            .await?;
-        for tool in page["tools"].as_array().into_iter().flatten() {
-            let Some(name) = tool["name"].as_str() else {
-                continue;
-            };
-            let mut schema = tool["inputSchema"].clone();
-            if !schema.is_object() {
-                schema = json!({"type": "object", "properties": {}});
-            }
-            tools.push(RemoteTool {
-                exposed: exposed_name(&config.name, name),
-                name: name.to_owned(),
-                description: tool["description"].as_str().unwrap_or_default().to_owned(),
-                input_schema: schema,
-                client: client.clone(),
-            });
-        }
-        cursor = page["nextCursor"].as_str().map(str::to_owned);
-        if cursor.is_none() {
-            break;
-        }
+    for tool in client.list_tools().await? {
+        let schema = Value::Object(tool.input_schema.as_ref().clone());
+        tools.push(RemoteTool {
+            exposed: exposed_name(&config.name, &tool.name),
+            name: tool.name.to_string(),
+            description: tool.description.as_deref().unwrap_or_default().to_owned(),
+            input_schema: schema,
+            client: client.clone(),
+        });
     }
     tracing::info!(server = %config.name, tools = tools.len(), "MCP server started");
     Ok(tools)
@@ -268,119 +244,106 @@ fn render_call_result(result: &Value) -> ToolOutput {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>;
-
-/// A connection to one server process.
-#[derive(Debug)]
+/// A connection to one server process, through rmcp.
 struct McpClient {
     server: String,
-    stdin: Arc<tokio::sync::Mutex<ChildStdin>>,
-    pending: Pending,
-    next_id: AtomicU64,
-    closed: Arc<AtomicBool>,
-    /// Held so the process is killed when the client is dropped.
-    _child: Child,
+    /// Owns the child process (killed when dropped) and the message loop,
+    /// which also answers the server's pings.
+    service: RunningService<RoleClient, ClientConfig>,
+}
+
+impl std::fmt::Debug for McpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpClient")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 impl McpClient {
-    fn spawn(config: &McpServerConfig, cwd: &std::path::Path) -> Result<McpClient, ToolError> {
+    /// Spawns the server and runs the `initialize` handshake.
+    async fn start(
+        config: &McpServerConfig,
+        cwd: &std::path::Path,
+        env: &[(OsString, OsString)],
+    ) -> Result<McpClient, ToolError> {
         let server = config.name.clone();
         let fail = |message: String| ToolError::Mcp {
             server: server.clone(),
             message,
         };
-        let mut child = tokio::process::Command::new(&config.command)
+        let info = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("picode", env!("CARGO_PKG_VERSION")),
+        );
+        if let Some(url) = &config.url {
+            if !config.command.is_empty() {
+                return Err(fail("give either `command` or `url`, not both".into()));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(fail(format!("`{url}` is not an http(s) URL")));
+            }
+            install_tls_provider();
+            let transport = StreamableHttpClientTransport::from_uri(url.as_str());
+            let service = info
+                .serve(transport)
+                .await
+                .map_err(|e| fail(format!("initialize over HTTP at {url} failed: {e}")))?;
+            return Ok(McpClient { server, service });
+        }
+        if config.command.is_empty() {
+            return Err(fail("needs a `command` to start or a `url`".into()));
+        }
+        let mut command = tokio::process::Command::new(&config.command);
+        command
             .args(&config.args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .envs(&config.env)
             .current_dir(cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             // Its own process group, so Ctrl-C in the terminal (meant to
             // interrupt the agent) does not also kill the servers.
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        let (transport, stderr) = TokioChildProcess::builder(command)
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| fail(format!("could not start `{}`: {e}", config.command)))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(fail("no stdio pipes".into()));
+        if let Some(stderr) = stderr {
+            let name = server.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(server = %name, "{line}");
+                }
+            });
+        }
+        let service = info
+            .serve(transport)
+            .await
+            .map_err(|e| fail(format!("initialize failed: {e}")))?;
+        Ok(McpClient { server, service })
+    }
+
+    /// Every tool, following `nextCursor` pages.
+    async fn list_tools(&self) -> Result<Vec<rmcp::model::Tool>, ToolError> {
+        self.service
+            .list_all_tools()
+            .await
+            .map_err(|e| self.error(format!("tools/list failed: {e}")))
+    }
+
+    /// Calls a tool; the result in the protocol's JSON shape.
+    async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, ToolError> {
+        let Value::Object(arguments) = arguments else {
+            return Err(self.error("tool arguments must be a JSON object".into()));
         };
-        let stdin = Arc::new(tokio::sync::Mutex::new(stdin));
-        let pending: Pending = Arc::default();
-        let closed = Arc::new(AtomicBool::new(false));
-
-        tokio::spawn(read_messages(
-            server.clone(),
-            BufReader::new(stdout),
-            stdin.clone(),
-            pending.clone(),
-            closed.clone(),
-        ));
-        let name = server.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(server = %name, "{line}");
-            }
-        });
-
-        Ok(McpClient {
-            server,
-            stdin,
-            pending,
-            next_id: AtomicU64::new(1),
-            closed,
-            _child: child,
-        })
-    }
-
-    async fn request(
-        &self,
-        method: &str,
-        params: Value,
-        timeout: Duration,
-    ) -> Result<Value, ToolError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
-        if self.closed.load(Ordering::SeqCst) {
-            lock(&self.pending).remove(&id);
-            return Err(self.error("the server has exited".into()));
-        }
-        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        if let Err(err) = self.send(&message).await {
-            lock(&self.pending).remove(&id);
-            return Err(err);
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(message))) => Err(self.error(format!("{method} failed: {message}"))),
-            Ok(Err(_)) => Err(self.error(format!("the server exited during {method}"))),
-            Err(_) => {
-                lock(&self.pending).remove(&id);
-                // Tell the server to stop working on it; failure here changes nothing.
-                let _ = self
-                    .notify(
-                        "notifications/cancelled",
-                        json!({"requestId": id, "reason": "timed out"}),
-                    )
-                    .await;
-                Err(self.error(format!("{method} timed out after {timeout:?}")))
-            }
-        }
-    }
-
-    async fn notify(&self, method: &str, params: Value) -> Result<(), ToolError> {
-        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params}))
+        let params = CallToolRequestParams::new(name.to_owned()).with_arguments(arguments);
+        let result = tokio::time::timeout(CALL_TIMEOUT, self.service.call_tool(params))
             .await
-    }
-
-    async fn send(&self, message: &Value) -> Result<(), ToolError> {
-        write_line(&self.stdin, message)
-            .await
-            .map_err(|e| self.error(format!("write failed: {e}")))
+            .map_err(|_| self.error(format!("tools/call timed out after {CALL_TIMEOUT:?}")))?
+            .map_err(|e| self.error(format!("tools/call failed: {e}")))?;
+        serde_json::to_value(result).map_err(|e| self.error(format!("tools/call result: {e}")))
     }
 
     fn error(&self, message: String) -> ToolError {
@@ -391,76 +354,17 @@ impl McpClient {
     }
 }
 
-async fn write_line(
-    stdin: &tokio::sync::Mutex<ChildStdin>,
-    message: &Value,
-) -> std::io::Result<()> {
-    let mut line = message.to_string();
-    line.push('\n');
-    let mut stdin = stdin.lock().await;
-    stdin.write_all(line.as_bytes()).await?;
-    stdin.flush().await
+/// rmcp's HTTP client is built on rustls without a crypto provider of its
+/// own (so that it does not bring a second one); the workspace's is ring.
+fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only when a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
-/// Routes responses to their waiting requests and answers server requests,
-/// until the server closes stdout; then fails everything still pending.
-async fn read_messages(
-    server: String,
-    stdout: BufReader<tokio::process::ChildStdout>,
-    stdin: Arc<tokio::sync::Mutex<ChildStdin>>,
-    pending: Pending,
-    closed: Arc<AtomicBool>,
-) {
-    let mut lines = stdout.lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Ok(message) = serde_json::from_str::<Value>(&line) else {
-            tracing::debug!(server = %server, "ignoring non-JSON line from MCP server");
-            continue;
-        };
-        let method = message.get("method").and_then(Value::as_str);
-        let id = message.get("id").filter(|id| !id.is_null());
-        match (method, id) {
-            (None, Some(id)) => {
-                let Some(sender) = id.as_u64().and_then(|id| lock(&pending).remove(&id)) else {
-                    continue;
-                };
-                let outcome = match message.get("error") {
-                    Some(error) => Err(error["message"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| error.to_string())),
-                    None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
-                };
-                // The requester may have timed out and gone; that is fine.
-                let _ = sender.send(outcome);
-            }
-            (Some(method), Some(id)) => {
-                let reply = if method == "ping" {
-                    json!({"jsonrpc": "2.0", "id": id, "result": {}})
-                } else {
-                    json!({"jsonrpc": "2.0", "id": id,
-                        "error": {"code": -32601, "message": format!("method not supported: {method}")}})
-                };
-                if write_line(&stdin, &reply).await.is_err() {
-                    break;
-                }
-            }
-            (Some(method), None) => {
-                tracing::debug!(server = %server, method, "MCP notification ignored");
-            }
-            (None, None) => {}
-        }
-    }
-    closed.store(true, Ordering::SeqCst);
-    // Dropping the senders wakes every waiting request with an error.
-    lock(&pending).clear();
-    tracing::debug!(server = %server, "MCP server closed its output");
-}
-
-/// Locks a std mutex, recovering from poisoning (a map of senders stays valid).
+/// Locks a std mutex, recovering from poisoning (a list of failures stays valid).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()

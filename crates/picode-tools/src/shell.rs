@@ -4,6 +4,7 @@
 //! whole tree (`make` and its compilers, `sh -c "sleep 100"`), not just bash:
 //! a surviving grandchild would keep our pipes open and hang the agent.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::args::{optional_str, optional_u64, required_str};
 use crate::output::cap_middle;
 use crate::paths::ProjectRoot;
+use crate::sandbox::{self, Confinement, Policy};
 use crate::{ToolError, ToolOutput};
 
 /// The longest time limit the model may ask for.
@@ -72,25 +74,49 @@ enum Ending {
     TimedOut,
 }
 
-/// Runs the command and reports its output and exit status to the model.
-pub(crate) async fn run(req: &ShellRequest, cap: usize) -> ToolOutput {
-    let mut child = match tokio::process::Command::new("bash")
-        .arg("-c")
+/// How a command is started: its environment and its confinement.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) policy: Option<Policy>,
+    pub(crate) required: bool,
+}
+
+/// Runs the command and reports its output and exit status to the model,
+/// with how it was confined.
+pub(crate) async fn run(
+    req: &ShellRequest,
+    cap: usize,
+    launch: &Launch,
+) -> (ToolOutput, Confinement) {
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg("-c")
         .arg(&req.command)
         .current_dir(&req.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         // Pagers would wait for a terminal that is not there.
         .env("PAGER", "cat")
         .env("GIT_PAGER", "cat")
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => return ToolOutput::error(format!("could not start bash: {e}")),
-    };
+        .kill_on_drop(true);
+    let (child, confinement) =
+        match sandbox::spawn(cmd, launch.policy.clone(), launch.required).await {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                return (
+                    ToolOutput::error(format!("could not start bash: {e}")),
+                    Confinement::NotRequested,
+                )
+            }
+        };
+    (run_child(req, cap, child).await, confinement)
+}
+
+async fn run_child(req: &ShellRequest, cap: usize, mut child: tokio::process::Child) -> ToolOutput {
     let group = child.id().map(|pid| Pid::from_raw(pid as i32));
     let kill_group = || {
         if let Some(group) = group {

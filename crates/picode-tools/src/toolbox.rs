@@ -6,6 +6,7 @@
 //! checkpoint, then act. Nothing touches the disk before approval.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use serde_json::Value;
 use crate::checkpoint::{CheckpointId, Checkpoints};
 use crate::mcp::McpManager;
 use crate::paths::ProjectRoot;
+use crate::sandbox::{self, Confinement, Policy, SandboxConfig, SandboxMode};
 use crate::{
-    default_checkpoint_dir, fs_tools, git, output, search, shell, specs, ApprovalRequest, Approver,
-    PermissionMode, ToolCall, ToolError, ToolKind, ToolOutput, ToolSpec, ToolboxConfig,
+    default_checkpoint_dir, fs_tools, git, output, redact, search, shell, specs, ApprovalRequest,
+    Approver, PermissionMode, ToolCall, ToolError, ToolKind, ToolOutput, ToolSpec, ToolboxConfig,
 };
 
 /// The agent's tools for one project. Share it behind an `Arc`; all methods take `&self`.
@@ -31,6 +33,13 @@ pub struct Toolbox {
     turn_checkpoint: Mutex<Option<CheckpointId>>,
     mcp: McpManager,
     executed: Mutex<Vec<String>>,
+    sandbox: SandboxConfig,
+    /// The scrubbed environment of shell commands.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// Whether secret-looking tool output is redacted (on unless turned off).
+    redact: AtomicBool,
+    /// Whether the user was told the sandbox is weaker than configured.
+    sandbox_noted: AtomicBool,
 }
 
 impl Toolbox {
@@ -41,9 +50,14 @@ impl Toolbox {
         let root = ProjectRoot::new(&cfg.project_root)?;
         let store = cfg.checkpoint_dir.unwrap_or_else(default_checkpoint_dir);
         let checkpoints = Checkpoints::new(root.path(), &store);
+        let env = sandbox::scrubbed_env(&cfg.sandbox);
         Ok(Toolbox {
             checkpoints,
-            mcp: McpManager::new(cfg.mcp_servers, root.path().to_owned()),
+            mcp: McpManager::new(cfg.mcp_servers, root.path().to_owned(), env.clone()),
+            env,
+            sandbox: cfg.sandbox,
+            redact: AtomicBool::new(cfg.redact_secrets),
+            sandbox_noted: AtomicBool::new(false),
             root,
             mode: Mutex::new(cfg.mode),
             shell_timeout: cfg.shell_timeout,
@@ -83,8 +97,59 @@ impl Toolbox {
             Ok(out) => out,
             Err(err) => err.into(),
         };
+        if self.redacting() {
+            let (text, found) = redact::redact(&out.content);
+            if found {
+                out.content = text;
+                out.content.push_str(
+                    "\n[secret-looking text was replaced by [REDACTED] before storing or sending]",
+                );
+            }
+        }
         out.content = output::cap_head(&out.content, self.output_cap);
         out
+    }
+
+    /// Whether tool output is redacted before it is stored or sent.
+    pub fn redacting(&self) -> bool {
+        self.redact.load(Ordering::Relaxed)
+    }
+
+    /// Turns redaction on or off for this session (`/redact off`).
+    pub fn set_redacting(&self, on: bool) {
+        self.redact.store(on, Ordering::Relaxed);
+    }
+
+    /// How a shell command is started in `mode`: always with the scrubbed
+    /// environment; confined in `auto-edit` and `full-auto` (the modes where
+    /// nobody looks at each command) unless the sandbox is off.
+    fn launch(&self, mode: PermissionMode) -> shell::Launch {
+        let confine = matches!(mode, PermissionMode::AutoEdit | PermissionMode::FullAuto)
+            && self.sandbox.mode != SandboxMode::Off;
+        shell::Launch {
+            env: self.env.clone(),
+            policy: confine.then(|| Policy::for_project(self.root.path(), &self.sandbox)),
+            required: self.sandbox.mode == SandboxMode::Required,
+        }
+    }
+
+    /// A note for the model and the user, the first time only, when the
+    /// sandbox could not do all it was asked.
+    fn note_confinement(&self, confinement: &Confinement) -> Option<String> {
+        let why = match confinement {
+            Confinement::Full | Confinement::NotRequested => return None,
+            Confinement::Partial(why) => format!("the sandbox is partial here ({why})"),
+            Confinement::Unavailable(why) => {
+                format!("commands run without a sandbox: {why}")
+            }
+        };
+        if self.sandbox_noted.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        tracing::warn!("{why}");
+        Some(format!(
+            "note: {why}; set sandbox = \"required\" to refuse unconfined commands"
+        ))
     }
 
     /// [`Toolbox::call`] for a [`ToolCall`] as parsed from a provider response.
@@ -187,10 +252,10 @@ impl Toolbox {
                     .checkpoint_before(&format!("before shell: {}", request.command))
                     .await;
                 lock(&self.executed).push(request.command.clone());
-                Ok(with_warning(
-                    shell::run(&request, self.output_cap).await,
-                    warning,
-                ))
+                let (out, confinement) =
+                    shell::run(&request, self.output_cap, &self.launch(mode)).await;
+                let note = self.note_confinement(&confinement);
+                Ok(with_warning(with_warning(out, warning), note))
             }
             _ => {
                 let req = ApprovalRequest {

@@ -20,6 +20,8 @@ def reply(msg_id, result=None, error=None):
     sys.stdout.flush()
 
 
+SUPPORTED = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"]
+
 ADD = {
     "name": "add",
     "description": "Add two numbers.",
@@ -51,9 +53,12 @@ def main():
                 initialized = True
             continue
         if method == "initialize":
-            assert msg["params"]["protocolVersion"] == "2024-11-05"
+            # Version negotiation as the specification has it: the client's
+            # version if this server speaks it, else the server's latest.
+            asked = msg["params"]["protocolVersion"]
+            version = asked if asked in SUPPORTED else SUPPORTED[-1]
             reply(msg_id, {
-                "protocolVersion": "2024-11-05",
+                "protocolVersion": version,
                 "capabilities": {"tools": {}},
                 "serverInfo": {"name": "calc", "version": "1.0"},
             })

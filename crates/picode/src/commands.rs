@@ -26,6 +26,8 @@ pub enum Command {
     },
     Sessions,
     Resume(String),
+    /// Show, or turn on or off, redaction of secret-looking tool output.
+    Redact(Option<bool>),
     Exit,
     /// A custom command, already expanded into a prompt.
     Custom {
@@ -53,6 +55,10 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ),
     ("sessions", "list recent sessions of this project"),
     ("resume ID", "switch to another session"),
+    (
+        "redact [on|off]",
+        "redaction of secret-looking tool output in this session",
+    ),
     ("exit", "leave PiCode"),
 ];
 
@@ -81,12 +87,15 @@ impl CustomCommand {
 }
 
 /// Loads custom commands; project files override user files of the same name.
-pub fn load_custom(project: &Path, config_dir: &Path) -> BTreeMap<String, CustomCommand> {
+/// `project` is `None` when the folder is not trusted: its commands are
+/// then not loaded at all.
+pub fn load_custom(project: Option<&Path>, config_dir: &Path) -> BTreeMap<String, CustomCommand> {
     let mut commands = BTreeMap::new();
-    for dir in [
-        config_dir.join("commands"),
-        project.join(".picode").join("commands"),
-    ] {
+    let dirs = [
+        Some(config_dir.join("commands")),
+        project.map(|p| p.join(".picode").join("commands")),
+    ];
+    for dir in dirs.into_iter().flatten() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -151,6 +160,11 @@ pub fn parse(line: &str, custom: &BTreeMap<String, CustomCommand>) -> Option<Com
             Some(id) => Command::Resume(id),
             None => Command::Sessions,
         },
+        "redact" => Command::Redact(match args {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        }),
         "exit" | "quit" => Command::Exit,
         other => match custom.get(other) {
             Some(c) => Command::Custom {
@@ -193,6 +207,10 @@ mod tests {
             Some(Command::Model(Some("gpt-x".into())))
         );
         assert_eq!(parse("/diff all", &none), Some(Command::Diff { all: true }));
+        assert_eq!(
+            parse("/redact off", &none),
+            Some(Command::Redact(Some(false)))
+        );
         assert_eq!(parse("fix /undo please", &none), None);
         assert_eq!(parse("/src/main.rs is broken", &none), None);
         assert_eq!(
@@ -214,7 +232,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(user.path().join("commands/undo.md"), "shadow").unwrap();
-        let custom = load_custom(project.path(), user.path());
+        let custom = load_custom(Some(project.path()), user.path());
         assert_eq!(custom["review"].description, "Review code");
         assert_eq!(
             parse("/review src/lib.rs", &custom),

@@ -6,6 +6,12 @@
 //! user defined, and so that `PICODE_PROVIDERS__OPENAI__MODEL=...` works:
 //! figment merges tables key by key but replaces arrays whole.
 //!
+//! The project's file is used only when the user trusts the folder (see
+//! [`crate::trust`]), and even then it may not raise the permission mode,
+//! touch a provider's endpoint or key source, set `serve`, the sandbox or
+//! the environment allowlist, or add an MCP server the user has not seen
+//! and approved: those are errors naming the key and the file.
+//!
 //! Every error names the key and the file (or environment variable) it came
 //! from, because "invalid type" alone sends people hunting through three
 //! layers of config.
@@ -15,7 +21,9 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use picode_tools::{McpServerConfig, PermissionMode};
+use picode_tools::{McpServerConfig, PermissionMode, SandboxMode};
+
+use crate::trust::{mcp_command_line, ProjectTrust};
 use serde::{Deserialize, Serialize};
 
 /// The file name looked up in the project root and in the user's config dir.
@@ -44,6 +52,13 @@ pub enum ConfigError {
     /// A file could not be parsed at all.
     #[error("config error in {origin}: {message}")]
     Parse { origin: String, message: String },
+    /// A project file tried to set what only the user may.
+    #[error("refused key `{key}` in {origin}: {message}")]
+    Forbidden {
+        key: String,
+        origin: String,
+        message: String,
+    },
     /// A config file could not be written.
     #[error("writing {path}: {message}")]
     Write { path: PathBuf, message: String },
@@ -116,7 +131,7 @@ pub struct ProviderEntry {
 }
 
 /// Settings for `picode serve`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// The bearer token clients must send. `PICODE_SERVE_TOKEN` wins.
@@ -127,8 +142,22 @@ pub struct ServeConfig {
     pub listen: String,
 }
 
+/// The documented address of `picode serve`: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
 fn default_listen() -> String {
-    "127.0.0.1:8787".to_owned()
+    DEFAULT_LISTEN.to_owned()
+}
+
+// Written out because `#[derive(Default)]` would leave `listen` empty, and
+// the defaults layer is serialised from `Config::default()`.
+impl Default for ServeConfig {
+    fn default() -> ServeConfig {
+        ServeConfig {
+            token: None,
+            listen: default_listen(),
+        }
+    }
 }
 
 /// Where API keys are kept when a provider has no `api_key_env`.
@@ -172,6 +201,28 @@ pub struct Config {
     pub serve: ServeConfig,
     #[serde(default)]
     pub secret_store: SecretBackend,
+    /// `off`, `auto` (confine shell commands where the kernel can) or
+    /// `required` (refuse commands that cannot be confined).
+    #[serde(default)]
+    pub sandbox: SandboxMode,
+    /// Let sandboxed commands use the network (TCP).
+    #[serde(default)]
+    pub sandbox_network: bool,
+    /// Directories sandboxed commands may write besides the project and the
+    /// temp dirs (a shared build cache, `~/.cargo`).
+    #[serde(default)]
+    pub sandbox_writable: Vec<PathBuf>,
+    /// Variables kept in commands' environment although they look secret.
+    #[serde(default)]
+    pub shell_env_allow: Vec<String>,
+    /// Replace secret-looking tool output with `[REDACTED]` (`/redact off`
+    /// turns it off for one session).
+    #[serde(default = "default_true")]
+    pub redact_secrets: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_steps() -> u32 {
@@ -201,6 +252,11 @@ impl Default for Config {
             mcp_servers: Vec::new(),
             serve: ServeConfig::default(),
             secret_store: SecretBackend::default(),
+            sandbox: SandboxMode::default(),
+            sandbox_network: false,
+            sandbox_writable: Vec::new(),
+            shell_env_allow: Vec::new(),
+            redact_secrets: true,
         }
     }
 }
@@ -261,22 +317,61 @@ impl Paths {
     }
 }
 
+/// Top-level keys a project file may never set, even when trusted: they
+/// decide where keys go, what may run unconfined and who may connect.
+const USER_ONLY_KEYS: &[&str] = &[
+    "serve",
+    "secret_store",
+    "sandbox",
+    "sandbox_network",
+    "sandbox_writable",
+    "shell_env_allow",
+    "redact_secrets",
+];
+
+/// Fields of a provider a project file may never set: its endpoint and its
+/// key source (`kind` picks the default endpoint).
+const USER_ONLY_PROVIDER_KEYS: &[&str] = &["base_url", "api_key_env", "api_key", "kind"];
+
 impl Config {
-    /// Merges every layer and validates the result.
-    pub fn load(paths: &Paths) -> Result<Config, ConfigError> {
-        let figment = Self::figment(paths);
+    /// Merges every layer and validates the result. The project's file is a
+    /// layer only when `trust` says so, and then only within the limits of
+    /// [`check_project_table`].
+    pub fn load(paths: &Paths, trust: &ProjectTrust) -> Result<Config, ConfigError> {
+        let user = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(paths.user_config_file()));
+        let mut figment = user.clone();
+        if trust.uses_project_files() {
+            let file = paths.project_config_file();
+            if let Some(table) = read_table(&file)? {
+                // The user's mode as the user's own layers set it.
+                let own: Config = user
+                    .clone()
+                    .merge(env_layer())
+                    .extract()
+                    .map_err(|e| from_figment(&e))?;
+                check_project_table(&table, &file, own.permission_mode, trust)?;
+                figment = figment.merge(Toml::file(&file));
+            }
+        }
+        let figment = figment.merge(env_layer());
         let config: Config = figment.extract().map_err(|e| from_figment(&e))?;
         config.validate(&figment)?;
         Ok(config)
     }
 
-    fn figment(paths: &Paths) -> Figment {
-        Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file(paths.user_config_file()))
-            .merge(Toml::file(paths.project_config_file()))
-            .merge(Env::prefixed("PICODE_").ignore(NON_CONFIG_ENV).split("__"))
+    /// `PICODE_*` variables that name no config key. They are ignored (a
+    /// warning, not an error: a stray variable in a shell profile must not
+    /// stop every command).
+    pub fn unknown_env_vars() -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| {
+                k.strip_prefix("PICODE_")
+                    .is_some_and(|rest| !NON_CONFIG_ENV.contains(&rest) && !is_config_key(rest))
+            })
+            .collect()
     }
-
     /// Checks what serde cannot: references between keys and value ranges.
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
@@ -361,6 +456,132 @@ impl Config {
     }
 }
 
+/// The environment layer: `PICODE_*` variables naming a config key.
+fn env_layer() -> Env {
+    Env::prefixed("PICODE_")
+        .ignore(NON_CONFIG_ENV)
+        .filter(|key| is_config_key(key.as_str()))
+        .split("__")
+}
+
+/// Whether a (`__`-nested) variable name starts with a top-level key.
+fn is_config_key(key: &str) -> bool {
+    // The top-level keys, read once from the serialised defaults so the
+    // list cannot fall out of step with `Config`.
+    static KEYS: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        });
+    let key = key.to_ascii_lowercase();
+    let top = key.split("__").next().unwrap_or("");
+    KEYS.iter().any(|k| k == top)
+}
+
+/// How far a mode lets the agent go without asking, for comparisons.
+fn reach(mode: PermissionMode) -> u8 {
+    match mode {
+        PermissionMode::Plan => 0,
+        PermissionMode::Ask => 1,
+        PermissionMode::AutoEdit => 2,
+        PermissionMode::FullAuto => 3,
+    }
+}
+
+/// Refuses what a project file may not do even when its folder is trusted.
+fn check_project_table(
+    table: &toml::Table,
+    file: &Path,
+    user_mode: PermissionMode,
+    trust: &ProjectTrust,
+) -> Result<(), ConfigError> {
+    let refuse = |key: &str, message: String| ConfigError::Forbidden {
+        key: key.to_owned(),
+        origin: file.display().to_string(),
+        message,
+    };
+    for key in USER_ONLY_KEYS {
+        if table.contains_key(*key) {
+            return Err(refuse(
+                key,
+                "a project file may not set this; only your own picode.toml and flags can"
+                    .to_owned(),
+            ));
+        }
+    }
+    if let Some(value) = table.get("permission_mode") {
+        let mode = value
+            .as_str()
+            .and_then(|m| m.parse::<PermissionMode>().ok())
+            .ok_or_else(|| refuse("permission_mode", format!("`{value}` is not a mode")))?;
+        if reach(mode) > reach(user_mode) {
+            return Err(refuse(
+                "permission_mode",
+                format!(
+                    "a project file may lower the permission mode but not raise it \
+                     (`{mode}` is above your `{user_mode}`); use --permission-mode {mode} \
+                     if you mean it"
+                ),
+            ));
+        }
+    }
+    if let Some(providers) = table.get("providers").and_then(toml::Value::as_table) {
+        for (name, entry) in providers {
+            let Some(entry) = entry.as_table() else {
+                continue;
+            };
+            for key in USER_ONLY_PROVIDER_KEYS {
+                if entry.contains_key(*key) {
+                    return Err(refuse(
+                        &format!("providers.{name}.{key}"),
+                        "a project file may not change where a provider's requests \
+                         or keys go; only your own picode.toml can"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(servers) = table.get("mcp_servers") {
+        let servers: Vec<McpServerConfig> = servers
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| refuse("mcp_servers", e.message().to_owned()))?;
+        for server in &servers {
+            let line = mcp_command_line(server);
+            if !trust.approved_mcp().contains(&line) {
+                return Err(refuse(
+                    "mcp_servers",
+                    format!(
+                        "the project wants to start the MCP server `{}` as `{line}`, \
+                         which you have not approved; run `picode trust` to review and approve it",
+                        server.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a TOML file as a table; `None` when it does not exist.
+fn read_table(path: &Path) -> Result<Option<toml::Table>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .parse::<toml::Table>()
+            .map(Some)
+            .map_err(|e| ConfigError::Parse {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError::Parse {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// Describes where a key's value came from, for error messages.
 fn origin_of(figment: &Figment, key: &str) -> String {
     match figment.find_metadata(key) {
@@ -398,23 +619,24 @@ fn from_figment(err: &figment::Error) -> ConfigError {
     }
 }
 
-/// Reads the user's config file as a TOML table, or an empty one.
-pub fn read_user_table(path: &Path) -> Result<toml::Table, ConfigError> {
+/// Reads the user's config file for editing, or an empty document. Edits go
+/// through `toml_edit` so the user's comments and layout survive them.
+pub fn read_user_document(path: &Path) -> Result<toml_edit::DocumentMut, ConfigError> {
+    let parse_err = |message: String| ConfigError::Parse {
+        origin: path.display().to_string(),
+        message,
+    };
     match std::fs::read_to_string(path) {
-        Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-            origin: path.display().to_string(),
-            message: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(toml::Table::new()),
-        Err(e) => Err(ConfigError::Parse {
-            origin: path.display().to_string(),
-            message: e.to_string(),
-        }),
+        Ok(text) => text
+            .parse::<toml_edit::DocumentMut>()
+            .map_err(|e| parse_err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(toml_edit::DocumentMut::new()),
+        Err(e) => Err(parse_err(e.to_string())),
     }
 }
 
 /// Writes the user's config file, creating its directory.
-pub fn write_user_table(path: &Path, table: &toml::Table) -> Result<(), ConfigError> {
+pub fn write_user_document(path: &Path, doc: &toml_edit::DocumentMut) -> Result<(), ConfigError> {
     let write_err = |e: &dyn std::fmt::Display| ConfigError::Write {
         path: path.to_owned(),
         message: e.to_string(),
@@ -422,8 +644,7 @@ pub fn write_user_table(path: &Path, table: &toml::Table) -> Result<(), ConfigEr
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| write_err(&e))?;
     }
-    let text = toml::to_string_pretty(table).map_err(|e| write_err(&e))?;
-    std::fs::write(path, text).map_err(|e| write_err(&e))
+    std::fs::write(path, doc.to_string()).map_err(|e| write_err(&e))
 }
 
 #[cfg(test)]
@@ -454,7 +675,7 @@ mod tests {
             "permission_mode = \"plan\"\n[providers.a]\nmodel = \"m2\"\n",
         )
         .unwrap();
-        let config = Config::load(&p).unwrap();
+        let config = Config::load(&p, &ProjectTrust::Trusted { mcp: Vec::new() }).unwrap();
         let a = &config.providers["a"];
         assert_eq!(a.kind, ProviderKind::Anthropic);
         assert_eq!(a.model, "m2");
@@ -468,12 +689,16 @@ mod tests {
         let p = paths(dir.path());
         std::fs::create_dir_all(&p.project).unwrap();
         std::fs::write(p.project_config_file(), "max_steps = \"many\"\n").unwrap();
-        let err = Config::load(&p).unwrap_err().to_string();
+        let err = Config::load(&p, &ProjectTrust::Trusted { mcp: Vec::new() })
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_steps"), "{err}");
         assert!(err.contains("picode.toml"), "{err}");
 
         std::fs::write(p.project_config_file(), "default_provider = \"nope\"\n").unwrap();
-        let err = Config::load(&p).unwrap_err().to_string();
+        let err = Config::load(&p, &ProjectTrust::Trusted { mcp: Vec::new() })
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("default_provider"), "{err}");
         assert!(err.contains("picode.toml"), "{err}");
         assert!(err.contains("nope"), "{err}");

@@ -133,6 +133,7 @@ fn result_json(session: &Session, report: &TurnReport) -> serde_json::Value {
 
 /// How events are shown while the turn runs.
 fn sink_for(format: OutputFormat) -> impl FnMut(AgentEvent) + Send {
+    let mut text = TextOut::default();
     move |event| match format {
         OutputFormat::Json => {}
         OutputFormat::StreamJson => {
@@ -142,22 +143,60 @@ fn sink_for(format: OutputFormat) -> impl FnMut(AgentEvent) + Send {
                 let _ = out.flush();
             }
         }
-        OutputFormat::Text => text_event(event),
+        OutputFormat::Text => text.event(event),
     }
 }
 
-/// Plain text: the answer on stdout, tool activity on stderr, so that
-/// `picode -p ... > answer.txt` captures only the answer.
+/// Where the text on stdout stands, so the answers of consecutive steps
+/// (text, tool calls, more text) do not run into one another.
+#[derive(Debug, Default)]
+struct TextOut {
+    /// Text was written since the last tool call.
+    wrote: bool,
+    /// The last text written ended with a newline.
+    at_line_start: bool,
+    /// A tool call came after some text: the next text starts a new paragraph.
+    pending_break: bool,
+}
+
+impl TextOut {
+    /// Plain text: the answer on stdout, tool activity on stderr, so that
+    /// `picode -p ... > answer.txt` captures only the answer.
+    fn event(&mut self, event: AgentEvent) {
+        match event {
+            AgentEvent::TextDelta { text } => self.write(&text),
+            AgentEvent::ToolCall {
+                name, arguments, ..
+            } => {
+                self.pending_break |= self.wrote;
+                self.wrote = false;
+                eprintln!("[tool] {name} {arguments}");
+            }
+            other => text_event(other),
+        }
+    }
+
+    fn write(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if self.pending_break {
+            let gap = if self.at_line_start { "\n" } else { "\n\n" };
+            let _ = out.write_all(gap.as_bytes());
+            self.pending_break = false;
+        }
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+        self.wrote = true;
+        self.at_line_start = text.ends_with('\n');
+    }
+}
+
+/// Tool results, warnings and notices of text output, all on stderr.
 fn text_event(event: AgentEvent) {
     match event {
-        AgentEvent::TextDelta { text } => {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
-        }
-        AgentEvent::ToolCall {
-            name, arguments, ..
-        } => eprintln!("[tool] {name} {arguments}"),
+        AgentEvent::TextDelta { .. } | AgentEvent::ToolCall { .. } => {}
         AgentEvent::ToolResult {
             name,
             is_error,

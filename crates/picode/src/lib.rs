@@ -20,6 +20,7 @@ pub mod providers;
 pub mod secrets;
 pub mod session;
 pub mod store;
+pub mod trust;
 
 pub mod cli;
 pub mod headless;

@@ -33,7 +33,11 @@ pub enum ProviderSetupError {
 }
 
 /// Where a provider's key comes from, for `provider list` (never the key).
-pub fn key_source(entry: &ProviderEntry) -> String {
+///
+/// `stored` says whether the secret store holds a key for the provider
+/// (`None` when it was not asked); a provider with no key anywhere is shown
+/// as having none, which is normal for local servers.
+pub fn key_source(entry: &ProviderEntry, stored: Option<bool>) -> String {
     if let Some(var) = &entry.api_key_env {
         let set = std::env::var(var).map(|v| !v.is_empty()).unwrap_or(false);
         return format!("env {var}{}", if set { "" } else { " (not set)" });
@@ -41,7 +45,11 @@ pub fn key_source(entry: &ProviderEntry) -> String {
     if entry.api_key.is_some() {
         return "inline in config".to_owned();
     }
-    "secret store".to_owned()
+    match stored {
+        Some(true) => "secret store".to_owned(),
+        Some(false) => "no key".to_owned(),
+        None => "secret store, if any".to_owned(),
+    }
 }
 
 /// Turns a config entry into the provider layer's config, resolving the key.
@@ -114,8 +122,28 @@ pub struct Resolved {
     /// Name of the first provider of the chain.
     pub primary: String,
     pub model: String,
-    pub pricing: Option<Pricing>,
+    pub pricing: Prices,
     pub context_window: u32,
+}
+
+/// The rates of every provider of a chain, so an answer from a fallback is
+/// priced at the fallback's rates, not the first provider's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prices {
+    /// The first provider's rates.
+    pub primary: Option<Pricing>,
+    /// Every provider's rates by name (the first one included).
+    pub by_provider: std::collections::BTreeMap<String, Option<Pricing>>,
+}
+
+impl Prices {
+    /// The rates of `provider`, or the first provider's if it is unknown.
+    pub fn of(&self, provider: &str) -> Option<Pricing> {
+        self.by_provider
+            .get(provider)
+            .copied()
+            .unwrap_or(self.primary)
+    }
 }
 
 /// Builds the provider for a session: `preferred` (or the default) followed
@@ -132,6 +160,7 @@ pub fn build_chain(
     }
     let mut providers = Vec::new();
     let mut first: Option<ProviderConfig> = None;
+    let mut by_provider = std::collections::BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
         let entry = config
             .providers
@@ -144,6 +173,7 @@ pub fn build_chain(
             }
             first = Some(cfg.clone());
         }
+        by_provider.insert(cfg.name.clone(), cfg.pricing);
         providers.push(build_provider(&cfg)?);
     }
     let first = first.ok_or(ProviderSetupError::NoProviders)?;
@@ -156,7 +186,10 @@ pub fn build_chain(
         provider,
         primary: first.name.clone(),
         model: first.model.clone(),
-        pricing: first.pricing,
+        pricing: Prices {
+            primary: first.pricing,
+            by_provider,
+        },
         context_window: first.context_window,
     })
 }
@@ -185,6 +218,7 @@ pub async fn probe(provider: &dyn Provider) -> ProbeReport {
         tools: Vec::new(),
         max_tokens: Some(16),
         temperature: Some(0.0),
+        tool_choice: None,
     };
     let mut report = ProbeReport {
         provider: provider.name().to_owned(),
@@ -205,6 +239,7 @@ pub async fn probe(provider: &dyn Provider) -> ProbeReport {
             match event? {
                 StreamEvent::TextDelta(t) => report.reply.push_str(&t),
                 StreamEvent::Done(_) => return Ok(()),
+                StreamEvent::Provider(name) => report.provider = name,
                 _ => {}
             }
         }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use picode_llm::Usage;
 use picode_tools::{
-    load_agents_md, Approver, CheckpointId, PermissionMode, ToolError, Toolbox, ToolboxConfig,
+    load_agents_md, Approver, CheckpointId, PermissionMode, SandboxConfig, ToolError, Toolbox,
+    ToolboxConfig,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,7 @@ use crate::config::{Config, Paths};
 use crate::providers::{build_chain, ProviderSetupError, Resolved};
 use crate::secrets::SecretStore;
 use crate::store::{SessionInfo, Store, StoreError, UsageRecord};
+use crate::trust::ProjectTrust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -39,16 +41,40 @@ pub struct App {
     pub config: Config,
     pub paths: Paths,
     pub store: Store,
+    /// Whether the project's own commands and `AGENTS.md` are used.
+    pub trust: ProjectTrust,
 }
 
 impl App {
-    pub async fn open(config: Config, paths: Paths) -> Result<App, StoreError> {
+    pub async fn open(
+        config: Config,
+        paths: Paths,
+        trust: ProjectTrust,
+    ) -> Result<App, StoreError> {
         let store = Store::open(&paths.database_file()).await?;
         Ok(App {
             config,
             paths,
             store,
+            trust,
         })
+    }
+
+    /// The sandbox and environment policy of this user's commands.
+    pub fn sandbox(&self) -> SandboxConfig {
+        SandboxConfig {
+            mode: self.config.sandbox,
+            allow_network: self.config.sandbox_network,
+            writable: self.config.sandbox_writable.clone(),
+            hidden: vec![self.paths.config_dir.clone(), self.paths.data_dir.clone()],
+            env_allow: self.config.shell_env_allow.clone(),
+            env_deny: self
+                .config
+                .providers
+                .values()
+                .filter_map(|p| p.api_key_env.clone())
+                .collect(),
+        }
     }
 
     /// The secret store, opened lazily: probing the keyring costs a D-Bus
@@ -147,9 +173,12 @@ impl Session {
             output_cap_bytes: ToolboxConfig::DEFAULT_OUTPUT_CAP,
             checkpoint_dir: Some(app.paths.checkpoint_dir()),
             mcp_servers: app.config.mcp_servers.clone(),
+            sandbox: app.sandbox(),
+            redact_secrets: app.config.redact_secrets,
         })
         .await?;
-        let agents_md = load_agents_md(&app.paths.project, Some(&app.paths.config_dir));
+        let trusted = app.trust.uses_project_files();
+        let agents_md = load_agents_md(&app.paths.project, Some(&app.paths.config_dir), trusted);
         let system = system_prompt(&app.paths.project, options.mode, agents_md.as_deref());
         let settings = AgentSettings {
             max_steps: options.max_steps,
@@ -165,7 +194,10 @@ impl Session {
             system,
             settings,
         );
-        let custom = commands::load_custom(&app.paths.project, &app.paths.config_dir);
+        let custom = commands::load_custom(
+            trusted.then_some(app.paths.project.as_path()),
+            &app.paths.config_dir,
+        );
         let project = app.project_key();
         let id = match &options.resume {
             Resume::New => {
@@ -366,6 +398,18 @@ impl Session {
                 self.load(&id).await?;
                 self.agent.clear();
                 format!("started a new session {id}")
+            }
+            Command::Redact(on) => {
+                let toolbox = self.agent.toolbox();
+                if let Some(on) = on {
+                    toolbox.set_redacting(on);
+                }
+                if toolbox.redacting() {
+                    "secret-looking tool output is redacted before it is stored or sent".to_owned()
+                } else {
+                    "redaction is off for this session: tool output is stored and sent as it is"
+                        .to_owned()
+                }
             }
             Command::Compact => self.compact().await,
             Command::Cost => self.cost_text(),

@@ -1,20 +1,19 @@
 //! Sessions in SQLite: conversations, turns (with their checkpoints), tool
 //! calls and usage.
 //!
-//! The schema lives in `migrations/` and is embedded with `include_str!`, so
+//! The schema lives in `migrations/` and is embedded by `sqlx::migrate!`, so
 //! the binary needs nothing beside it. Queries are runtime `sqlx::query`
 //! calls (the workspace builds sqlx without its macros), kept in this one
 //! module so no other code holds SQL.
 
-use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
 use picode_llm::{Message, Usage};
+use picode_tools::private_fs;
 use serde::Serialize;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
@@ -38,36 +37,9 @@ pub enum StoreError {
     AmbiguousSession(String),
 }
 
-/// The migrations, in order. Adding one means adding a file and a line here.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "sessions",
-    include_str!("../migrations/0001_sessions.sql"),
-)];
-
-#[derive(Debug)]
-struct EmbeddedMigrations;
-
-impl MigrationSource<'static> for EmbeddedMigrations {
-    fn resolve(
-        self,
-    ) -> BoxFuture<'static, Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>> {
-        Box::pin(async {
-            Ok(MIGRATIONS
-                .iter()
-                .map(|(version, description, sql)| {
-                    Migration::new(
-                        *version,
-                        Cow::Borrowed(*description),
-                        MigrationType::Simple,
-                        Cow::Borrowed(*sql),
-                        false,
-                    )
-                })
-                .collect())
-        })
-    }
-}
+/// The schema's migrations, embedded at build time from `migrations/`
+/// (`NNNN_description.sql`); sqlx records each applied one with its checksum.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// One row of `/sessions`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -152,8 +124,21 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
+        // Transcripts hold whatever the model read: the directory is 0700
+        // and the database files 0600, tightened when they already exist.
+        // An empty file made here with 0600 is a valid new database, and
+        // SQLite gives its -wal and -shm files the database file's mode.
+        let io_err = |e| open_err(sqlx::Error::Io(e));
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+            private_fs::create_private_dir(dir).map_err(io_err)?;
+        }
+        if !path.exists() {
+            private_fs::write_private(path, b"").map_err(io_err)?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            private_fs::tighten(Path::new(&file), 0o600).map_err(io_err)?;
         }
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(open_err)?
@@ -171,7 +156,7 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(open_err)?;
-        Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
+        MIGRATOR.run(&pool).await?;
         Ok(Store { pool })
     }
 

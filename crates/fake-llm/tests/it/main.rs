@@ -164,3 +164,129 @@ async fn errors_echo_and_cut_short() {
     assert_eq!(resp.status(), 500);
     assert_eq!(fake.requests().len(), 4);
 }
+
+#[test]
+fn help_documents_the_script_format() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fake-llm"))
+        .arg("--help")
+        .output()
+        .expect("run fake-llm --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "[[turns]]",
+        "type = \"tool_calls\"",
+        "type = \"error\"",
+        "[default]",
+        "read_file",
+        "example.toml",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}
+
+/// The Python interpreter of the SDK venv `scripts/setup-test-deps` makes.
+fn sdk_python() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("PICODE_SDK_PYTHON") {
+        return path.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    let python = cache.join("picode-sdk-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-test-deps (it installs the OpenAI SDK)",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test]
+async fn responses_api_streams_text_and_function_calls_in_order() {
+    let fake = FakeLlm::start().await;
+    fake.push(
+        Script::tool_call("shell", json!({"command": "ls"}))
+            .with_text("Looking.")
+            .usage(7, 3),
+    );
+    let resp = post(
+        &fake,
+        "/responses",
+        json!({"model": "m", "stream": true, "input": "list files"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    let mut events = Vec::new();
+    let mut name = String::new();
+    for line in body.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let value: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(value["type"], name.as_str());
+            assert_eq!(value["sequence_number"], events.len());
+            events.push(value);
+        }
+    }
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types[0], "response.created");
+    assert_eq!(*types.last().unwrap(), "response.completed");
+    let text: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "Looking.");
+    let args: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.function_call_arguments.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"command": "ls"})
+    );
+    let done = events.last().unwrap();
+    assert_eq!(done["response"]["usage"]["output_tokens"], 3);
+    assert_eq!(done["response"]["output"][1]["type"], "function_call");
+    assert_eq!(done["response"]["output"][1]["name"], "shell");
+}
+
+#[tokio::test]
+async fn the_openai_sdk_reads_the_responses_api() {
+    let python = sdk_python();
+    let fake = FakeLlm::start().await;
+    fake.push(
+        Script::tool_call("shell", json!({"command": "ls"}))
+            .with_text("Looking.")
+            .usage(7, 3),
+    );
+    fake.push(Script::echo());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/responses.py");
+    let out = tokio::process::Command::new(python)
+        .args([script, &fake.base_url()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the SDK script failed:\n{stderr}");
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["stream"]["text"], "Looking.");
+    assert_eq!(got["stream"]["calls"][0]["name"], "shell");
+    assert_eq!(
+        serde_json::from_str::<Value>(got["stream"]["calls"][0]["arguments"].as_str().unwrap())
+            .unwrap(),
+        json!({"command": "ls"})
+    );
+    assert_eq!(got["stream"]["usage"], 3);
+    assert!(got["types"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("response.function_call_arguments.delta")));
+    assert_eq!(got["plain"], "echo me");
+    assert_eq!(fake.recorded()[0].path, "/v1/responses");
+}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::wire;
 use crate::error::{truncate, LlmError};
-use crate::model::{ChatRequest, ContentPart, Role, StopReason, StreamEvent, Usage};
+use crate::model::{ChatRequest, ContentPart, Role, StopReason, StreamEvent, ToolChoice, Usage};
 use crate::sse::SseEvent;
 use crate::stream::Decoder;
 use crate::text_tools::parse_arguments;
@@ -104,7 +104,21 @@ pub(crate) fn to_wire(
             .collect(),
         stream: true,
         temperature: req.temperature,
+        tool_choice: tool_choice(req),
     }
+}
+
+/// Anthropic's `tool_choice`, only when tools are offered.
+fn tool_choice(req: &ChatRequest) -> Option<serde_json::Value> {
+    if req.tools.is_empty() {
+        return None;
+    }
+    Some(match req.tool_choice.as_ref()? {
+        ToolChoice::Auto => serde_json::json!({"type": "auto"}),
+        ToolChoice::Required => serde_json::json!({"type": "any"}),
+        ToolChoice::None => serde_json::json!({"type": "none"}),
+        ToolChoice::Tool(name) => serde_json::json!({"type": "tool", "name": name}),
+    })
 }
 
 fn stop_reason(reason: Option<&str>) -> StopReason {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::wire;
 use crate::error::{truncate, LlmError};
-use crate::model::{ChatRequest, ContentPart, Role, StopReason, StreamEvent, Usage};
+use crate::model::{ChatRequest, ContentPart, Role, StopReason, StreamEvent, ToolChoice, Usage};
 use crate::sse::SseEvent;
 use crate::stream::Decoder;
 use crate::text_tools::{generate_call_id, parse_arguments};
@@ -109,7 +109,23 @@ pub(crate) fn to_wire(
         }),
         max_tokens: req.max_tokens.or(max_tokens),
         temperature: req.temperature,
+        tool_choice: tool_choice(req),
     }
+}
+
+/// OpenAI's `tool_choice`, only when tools are offered.
+fn tool_choice(req: &ChatRequest) -> Option<serde_json::Value> {
+    if req.tools.is_empty() {
+        return None;
+    }
+    Some(match req.tool_choice.as_ref()? {
+        ToolChoice::Auto => serde_json::json!("auto"),
+        ToolChoice::Required => serde_json::json!("required"),
+        ToolChoice::None => serde_json::json!("none"),
+        ToolChoice::Tool(name) => {
+            serde_json::json!({"type": "function", "function": {"name": name}})
+        }
+    })
 }
 
 fn text_message(role: &'static str, text: String) -> wire::RequestMessage {

@@ -289,3 +289,69 @@ async fn message_history_round_trips_through_json() {
     assert_eq!(back.role, Role::Assistant);
     assert!(matches!(&back.content[1], ContentPart::ToolCall { name, .. } if name == "bash"));
 }
+
+#[tokio::test]
+async fn a_forced_tool_choice_goes_out_in_each_protocols_shape() {
+    let cases = [
+        (
+            picode_llm::ToolChoice::Tool("bash".into()),
+            json!({"type": "function", "function": {"name": "bash"}}),
+            json!({"type": "tool", "name": "bash"}),
+        ),
+        (
+            picode_llm::ToolChoice::Required,
+            json!("required"),
+            json!({"type": "any"}),
+        ),
+    ];
+    for (choice, openai, anthropic) in cases {
+        for kind in KINDS {
+            let fake = FakeLlm::start().await;
+            fake.push(Script::tool_call("bash", json!({"cmd": "ls"})));
+            fake.push(Script::text("no tools here"));
+            let p = provider(&config(kind, &fake));
+            let mut req = request("list files", vec![bash_tool()]);
+            req.tool_choice = Some(choice.clone());
+            turn(p.as_ref(), &req).await.unwrap();
+            // Without tools there is nothing to force: the field is left out.
+            let mut bare = request("hi", vec![]);
+            bare.tool_choice = Some(choice.clone());
+            turn(p.as_ref(), &bare).await.unwrap();
+            let sent = fake.requests();
+            let expected = match kind {
+                ProviderKind::OpenAi => &openai,
+                ProviderKind::Anthropic => &anthropic,
+            };
+            assert_eq!(&sent[0]["tool_choice"], expected, "{kind:?}");
+            assert!(
+                sent[1].get("tool_choice").is_none(),
+                "{kind:?}: {}",
+                sent[1]
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_prompt_protocol_says_a_forced_choice_in_words() {
+    let fake = FakeLlm::start().await;
+    fake.push(Script::text(
+        "<tool_call>\n{\"name\": \"bash\", \"arguments\": {\"cmd\": \"ls\"}}\n</tool_call>",
+    ));
+    let mut cfg = config(ProviderKind::OpenAi, &fake);
+    cfg.tool_protocol = picode_llm::ToolProtocol::Prompt;
+    let p = provider(&cfg);
+    let mut req = request("list files", vec![bash_tool()]);
+    req.tool_choice = Some(picode_llm::ToolChoice::Tool("bash".into()));
+    turn(p.as_ref(), &req).await.unwrap();
+    let sent = &fake.requests()[0];
+    assert!(sent.get("tool_choice").is_none(), "{sent}");
+    assert!(sent.get("tools").is_none(), "{sent}");
+    assert!(
+        sent["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("You must call the tool `bash`"),
+        "{sent}"
+    );
+}

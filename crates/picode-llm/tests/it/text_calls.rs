@@ -132,3 +132,57 @@ async fn prompt_protocol_round_trip() {
         assert!(assistant.get("tool_calls").is_none());
     }
 }
+
+fn read_file_tool() -> picode_llm::ToolDef {
+    picode_llm::ToolDef {
+        name: "read_file".into(),
+        description: "Read a file".into(),
+        parameters: json!({"type": "object",
+            "properties": {"path": {"type": "string"}, "offset": {"type": "integer"}},
+            "required": ["path"]}),
+    }
+}
+
+#[tokio::test]
+async fn pythonic_calls_are_recovered_and_fitted_to_the_schema() {
+    // What SmolLM2-135M wrote, and the list form of Llama 3.2.
+    let cases = [
+        ("read_file(filename: \"hello.txt\")", 1),
+        ("[read_file(path='hello.txt'), bash(cmd=\"ls\")]", 2),
+        ("read_file(\"hello.txt\")", 1),
+    ];
+    for kind in KINDS {
+        for (text, n) in cases {
+            let fake = FakeLlm::start().await;
+            fake.push(Script::text(text).chunks(5));
+            let p = provider(&config(kind, &fake));
+            let req = request("show hello.txt", vec![read_file_tool(), bash_tool()]);
+            let out = turn(p.as_ref(), &req).await.unwrap();
+            assert_eq!(out.stop, StopReason::ToolUse, "{kind:?} {text}");
+            let calls: Vec<_> = out.message.tool_calls().collect();
+            assert_eq!(calls.len(), n, "{kind:?} {text}");
+            assert_eq!(calls[0].1, "read_file");
+            assert_eq!(calls[0].2, &json!({"path": "hello.txt"}), "{text}");
+            if n == 2 {
+                assert_eq!(calls[1].2, &json!({"cmd": "ls"}));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_native_call_with_a_misnamed_lone_argument_is_fitted() {
+    for kind in KINDS {
+        let fake = FakeLlm::start().await;
+        fake.push(Script::tool_call(
+            "read_file",
+            json!({"file_path": "hello.txt"}),
+        ));
+        let p = provider(&config(kind, &fake));
+        let out = turn(p.as_ref(), &request("show", vec![read_file_tool()]))
+            .await
+            .unwrap();
+        let calls: Vec<_> = out.message.tool_calls().collect();
+        assert_eq!(calls[0].2, &json!({"path": "hello.txt"}), "{kind:?}");
+    }
+}

@@ -3,6 +3,7 @@
 
 mod agents;
 mod checkpoints;
+mod confinement;
 mod files;
 mod mcp;
 mod paths;

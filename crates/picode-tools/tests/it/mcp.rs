@@ -12,6 +12,7 @@ fn python_server(name: &str, marker: &Path) -> McpServerConfig {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_server.py");
     McpServerConfig {
         name: name.to_owned(),
+        url: None,
         command: "python3".to_owned(),
         args: vec![script.display().to_string()],
         env: BTreeMap::from([(
@@ -164,4 +165,80 @@ async fn mcp_calls_follow_the_permission_mode() {
         .call("mcp__calc__add", json!({"a": 1, "b": 2}), &AlwaysApprove)
         .await;
     assert_eq!(allowed.content, "3");
+}
+
+/// The SDK venv's interpreter (`scripts/setup-test-deps` installs the
+/// official `mcp` Python SDK there); the test fails with the fix if missing.
+fn sdk_python() -> PathBuf {
+    if let Some(path) = std::env::var_os("PICODE_SDK_PYTHON") {
+        return path.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    let python = cache.join("picode-sdk-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-test-deps (it installs the MCP Python SDK)",
+        python.display()
+    );
+    python
+}
+
+/// A streamable-HTTP server made with the official Python SDK, on a free port.
+async fn http_server() -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_http_server.py");
+    let child = tokio::process::Command::new(sdk_python())
+        .arg(script)
+        .arg(port.to_string())
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the MCP HTTP server");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (child, format!("http://127.0.0.1:{port}/mcp"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the MCP HTTP server did not listen on {port} within 10 s");
+}
+
+#[tokio::test]
+async fn a_streamable_http_server_is_listed_and_called() {
+    let (_server, url) = http_server().await;
+    let web = McpServerConfig {
+        name: "web".into(),
+        url: Some(url),
+        ..McpServerConfig::default()
+    };
+    let gone = McpServerConfig {
+        name: "gone".into(),
+        url: Some("http://127.0.0.1:9/mcp".into()),
+        ..McpServerConfig::default()
+    };
+    let p = project_with(PermissionMode::FullAuto, vec![web, gone]).await;
+    let specs = p.toolbox.specs().await;
+    let add = specs
+        .iter()
+        .find(|s| s.name == "mcp__web__add")
+        .unwrap_or_else(|| panic!("no mcp__web__add in {specs:?}"));
+    assert_eq!(add.parameters["required"], json!(["a", "b"]));
+    let out = p.call("mcp__web__add", json!({"a": 2, "b": 3})).await;
+    assert!(!out.is_error, "{}", out.content);
+    assert_eq!(out.content.trim(), "5");
+    let failures = p.toolbox.mcp_failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].0, "gone");
 }

@@ -131,6 +131,7 @@ pub async fn compact(
         tools: Vec::new(),
         max_tokens: Some(2048),
         temperature: None,
+        tool_choice: None,
     };
     let output = collect(provider.stream(&request).await?).await?;
     let summary = output.message.text();

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use compact::{estimate_tokens, CompactError};
 pub use prompt::system_prompt;
 
+use crate::providers::Prices;
 use crate::store::{StoredMessage, ToolCallRecord};
 
 /// The marker appended to an answer cut short by the user, so both the user
@@ -126,6 +127,8 @@ pub struct AgentSettings {
 /// One conversation with a model, plus the tools it may use.
 pub struct Agent {
     provider: Arc<dyn Provider>,
+    prices: Prices,
+    /// The rates of the provider answering the current model call.
     pricing: Option<Pricing>,
     toolbox: Arc<Toolbox>,
     /// Awaited before the first tool of the next turn runs: the turn's
@@ -153,14 +156,15 @@ pub type ToolsGate = tokio::sync::watch::Receiver<bool>;
 impl Agent {
     pub fn new(
         provider: Arc<dyn Provider>,
-        pricing: Option<Pricing>,
+        prices: Prices,
         toolbox: Arc<Toolbox>,
         system: String,
         settings: AgentSettings,
     ) -> Agent {
         Agent {
             provider,
-            pricing,
+            pricing: prices.primary,
+            prices,
             toolbox,
             tools_gate: None,
             rewrites: 0,
@@ -183,11 +187,12 @@ impl Agent {
     pub fn set_provider(
         &mut self,
         provider: Arc<dyn Provider>,
-        pricing: Option<Pricing>,
+        prices: Prices,
         context_window: u32,
     ) {
         self.provider = provider;
-        self.pricing = pricing;
+        self.pricing = prices.primary;
+        self.prices = prices;
         self.settings.context_window = context_window;
     }
 
@@ -328,8 +333,11 @@ impl Agent {
             tools: tools.to_vec(),
             max_tokens: self.settings.max_tokens,
             temperature: None,
+            tool_choice: None,
         };
         let started = Instant::now();
+        // Until a fallback says otherwise, the first provider answers.
+        self.pricing = self.prices.primary;
         let opened = tokio::select! {
             biased;
             () = cancel.cancelled() => return Step::Stop(self.cancelled()),
@@ -376,6 +384,12 @@ impl Agent {
                     });
                 }
                 Some(Ok(StreamEvent::Usage(usage))) => self.account(usage, sink, report),
+                Some(Ok(StreamEvent::Provider(name))) => {
+                    self.pricing = self.prices.of(&name);
+                    sink(AgentEvent::Warning {
+                        message: format!("answered by the fallback provider `{name}`"),
+                    });
+                }
                 Some(Ok(StreamEvent::Done(stop))) => {
                     metrics::histogram!("picode_model_call_seconds")
                         .record(started.elapsed().as_secs_f64());

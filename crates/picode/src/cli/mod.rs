@@ -17,6 +17,7 @@
 
 mod provider;
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +27,7 @@ use picode_tools::PermissionMode;
 use crate::agent::TurnOutcome;
 use crate::config::{Config, ConfigError, Paths};
 use crate::session::{App, Resume, SessionError, SessionOptions};
+use crate::trust::{self, ProjectTrust, TrustError, TrustStore};
 
 /// What an exit code says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,10 @@ pub struct SessionArgs {
     /// Project directory (default: the current directory).
     #[arg(short = 'C', long = "cwd", value_name = "DIR")]
     pub cwd: Option<PathBuf>,
+    /// Trust this project's picode.toml, .picode/commands and AGENTS.md as
+    /// they are now (MCP servers still need `picode trust`).
+    #[arg(long, global = true)]
+    pub trust: bool,
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -144,6 +150,9 @@ pub enum Sub {
         #[command(subcommand)]
         action: provider::ProviderAction,
     },
+    /// Review this project's own configuration and trust it (and approve
+    /// the MCP servers it starts).
+    Trust,
     /// List recent sessions of this project.
     Sessions {
         /// Sessions of every project.
@@ -166,6 +175,12 @@ pub fn run(cli: Cli) -> ExitCode {
         _ => "debug",
     };
     telemetry::init_logging(filter, telemetry::LogFormat::Text);
+    // Non-dumpable: no core file with the keys in it, and `/proc/PID/environ`
+    // and `/proc/PID/mem` closed to the commands PiCode runs as the same
+    // user (sandboxed or not). Failure only leaves things as they were.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "could not make the process non-dumpable");
+    }
     let project = match &cli.session.cwd {
         Some(dir) => dir.clone(),
         None => match std::env::current_dir() {
@@ -180,6 +195,20 @@ pub fn run(cli: Cli) -> ExitCode {
         );
     }
     let paths = Paths::from_env(project);
+    for name in Config::unknown_env_vars() {
+        eprintln!("picode: warning: ignoring {name}: it names no config key");
+    }
+    let interactive = cli.command.is_none()
+        && cli.print.is_none()
+        && std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal();
+    let trust = match decide_trust(&paths, &cli, interactive) {
+        Ok(t) => t,
+        Err(e) => return fail(Exit::Usage, e),
+    };
+    if let Some(Sub::Trust) = cli.command {
+        return Exit::Ok.into();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -190,21 +219,71 @@ pub fn run(cli: Cli) -> ExitCode {
     // Provider management must work even when the config is broken, so it
     // loads (and reports) the config itself.
     if let Some(Sub::Provider { action }) = cli.command {
-        return runtime.block_on(provider::run(action, paths));
+        return runtime.block_on(provider::run(action, paths, trust));
     }
-    let config = match Config::load(&paths) {
+    let config = match Config::load(&paths, &trust) {
         Ok(c) => c,
         Err(e) => return config_failure(&e),
     };
-    runtime.block_on(dispatch(cli, config, paths))
+    runtime.block_on(dispatch(cli, config, paths, trust))
+}
+
+/// Whether the project's own files are used: the stored decision, `--trust`,
+/// `picode trust`, or the question an interactive session asks.
+fn decide_trust(paths: &Paths, cli: &Cli, interactive: bool) -> Result<ProjectTrust, TrustError> {
+    let store = TrustStore::new(&paths.config_dir);
+    if let Some(Sub::Trust) = cli.command {
+        let stdin = std::io::stdin();
+        let trust = trust::ask(
+            &store,
+            &paths.project,
+            &mut stdin.lock(),
+            &mut std::io::stdout(),
+        )?;
+        if trust == ProjectTrust::Nothing {
+            println!(
+                "{} has no PiCode configuration of its own",
+                paths.project.display()
+            );
+        }
+        return Ok(trust);
+    }
+    let trust = store.lookup(&paths.project)?;
+    if trust != ProjectTrust::Untrusted {
+        return Ok(trust);
+    }
+    if cli.session.trust {
+        return store.trust(&paths.project, None);
+    }
+    if interactive {
+        let stdin = std::io::stdin();
+        return trust::ask(
+            &store,
+            &paths.project,
+            &mut stdin.lock(),
+            &mut std::io::stderr(),
+        );
+    }
+    eprintln!(
+        "picode: warning: {} has its own configuration ({}) that you have not trusted; \
+         it is ignored. Review it, then run `picode trust` (or pass --trust).",
+        paths.project.display(),
+        trust::PROJECT_FILES
+            .iter()
+            .filter(|f| paths.project.join(f).exists())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(trust)
 }
 
 fn config_failure(err: &ConfigError) -> ExitCode {
     fail(Exit::Usage, err)
 }
 
-async fn dispatch(cli: Cli, config: Config, paths: Paths) -> ExitCode {
-    let app = match App::open(config, paths).await {
+async fn dispatch(cli: Cli, config: Config, paths: Paths, trust: ProjectTrust) -> ExitCode {
+    let app = match App::open(config, paths, trust).await {
         Ok(app) => app,
         Err(e) => return fail(Exit::Error, e),
     };
@@ -221,7 +300,7 @@ async fn dispatch(cli: Cli, config: Config, paths: Paths) -> ExitCode {
                 Err(e) => fail(Exit::Error, e),
             }
         }
-        Some(Sub::Provider { .. }) => Exit::Ok.into(),
+        Some(Sub::Provider { .. } | Sub::Trust) => Exit::Ok.into(),
         None => {
             let options = session_options(&app, &cli.session);
             match cli.print {

@@ -13,10 +13,11 @@ use clap::Subcommand;
 
 use super::{fail, Exit};
 use crate::config::{
-    read_user_table, write_user_table, Config, Paths, ProviderEntry, ProviderKind,
+    read_user_document, write_user_document, Config, Paths, ProviderEntry, ProviderKind,
 };
 use crate::providers::{build_chain, key_source, probe};
 use crate::secrets::{provider_key_name, SecretStore};
+use crate::trust::ProjectTrust;
 
 #[derive(Debug, Subcommand)]
 pub enum ProviderAction {
@@ -54,7 +55,7 @@ pub enum ProviderAction {
     },
 }
 
-pub async fn run(action: ProviderAction, paths: Paths) -> ExitCode {
+pub async fn run(action: ProviderAction, paths: Paths, trust: ProjectTrust) -> ExitCode {
     match action {
         ProviderAction::Add {
             name,
@@ -86,16 +87,17 @@ pub async fn run(action: ProviderAction, paths: Paths) -> ExitCode {
             };
             add(&paths, &name, entry, api_key_stdin, default).await
         }
-        ProviderAction::List => list(&paths),
+        ProviderAction::List => list(&paths, &trust),
         ProviderAction::Remove { name } => remove(&paths, &name).await,
-        ProviderAction::Test { name } => test(&paths, name.as_deref()).await,
+        ProviderAction::Test { name } => test(&paths, &trust, name.as_deref()).await,
     }
 }
 
 fn secret_store(paths: &Paths) -> SecretStore {
     // The backend choice may itself come from a config that fails to load;
     // the environment still decides then.
-    let backend = Config::load(paths)
+    // The secret store is the user's choice alone: the project file is not read.
+    let backend = Config::load(paths, &ProjectTrust::Untrusted)
         .map(|c| c.secret_store)
         .unwrap_or_default();
     SecretStore::open(backend, &paths.config_dir)
@@ -119,8 +121,8 @@ async fn add(
         );
     }
     let file = paths.user_config_file();
-    let mut table = match read_user_table(&file) {
-        Ok(t) => t,
+    let mut doc = match read_user_document(&file) {
+        Ok(d) => d,
         Err(e) => return fail(Exit::Usage, e),
     };
     if key_from_stdin {
@@ -145,35 +147,41 @@ async fn add(
             Err(e) => return fail(Exit::Error, e),
         }
     }
-    let value = match toml::Value::try_from(&entry) {
-        Ok(v) => v,
+    // The entry as TOML, then as an editable table.
+    let entry_table = match toml::to_string(&entry)
+        .map_err(|e| e.to_string())
+        .and_then(|t| {
+            t.parse::<toml_edit::DocumentMut>()
+                .map_err(|e| e.to_string())
+        }) {
+        Ok(d) => d.as_table().clone(),
         Err(e) => return fail(Exit::Error, e),
     };
-    let providers = table
-        .entry("providers")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let providers = doc.entry("providers").or_insert_with(|| {
+        // `[providers.NAME]` headers only, no empty `[providers]` above them.
+        let mut t = toml_edit::Table::new();
+        t.set_implicit(true);
+        toml_edit::Item::Table(t)
+    });
     let Some(providers) = providers.as_table_mut() else {
         return fail(
             Exit::Usage,
             format!("`providers` in {} is not a table", file.display()),
         );
     };
-    providers.insert(name.to_owned(), value);
-    if make_default || !table.contains_key("default_provider") {
-        table.insert(
-            "default_provider".into(),
-            toml::Value::String(name.to_owned()),
-        );
+    providers.insert(name, toml_edit::Item::Table(entry_table));
+    if make_default || !doc.contains_key("default_provider") {
+        doc["default_provider"] = toml_edit::value(name);
     }
-    if let Err(e) = write_user_table(&file, &table) {
+    if let Err(e) = write_user_document(&file, &doc) {
         return fail(Exit::Error, e);
     }
     println!("added provider `{name}` to {}", file.display());
     Exit::Ok.into()
 }
 
-fn list(paths: &Paths) -> ExitCode {
-    let config = match Config::load(paths) {
+fn list(paths: &Paths, trust: &ProjectTrust) -> ExitCode {
+    let config = match Config::load(paths, trust) {
         Ok(c) => c,
         Err(e) => return fail(Exit::Usage, e),
     };
@@ -182,7 +190,11 @@ fn list(paths: &Paths) -> ExitCode {
         return Exit::Ok.into();
     }
     let default = config.chain(None).into_iter().next();
+    let store = SecretStore::open(config.secret_store, &paths.config_dir);
     for (name, entry) in &config.providers {
+        // Only providers without an env variable or inline key look in the store.
+        let stored = (entry.api_key_env.is_none() && entry.api_key.is_none())
+            .then(|| matches!(store.get(&provider_key_name(name)), Ok(Some(k)) if !k.is_empty()));
         let mark = if Some(name) == default.as_ref() {
             "*"
         } else {
@@ -199,7 +211,7 @@ fn list(paths: &Paths) -> ExitCode {
             entry.kind.as_str(),
             entry.model,
             entry.base_url.as_deref().unwrap_or("(default endpoint)"),
-            key_source(entry),
+            key_source(entry, stored),
         );
     }
     Exit::Ok.into()
@@ -207,13 +219,13 @@ fn list(paths: &Paths) -> ExitCode {
 
 async fn remove(paths: &Paths, name: &str) -> ExitCode {
     let file = paths.user_config_file();
-    let mut table = match read_user_table(&file) {
-        Ok(t) => t,
+    let mut doc = match read_user_document(&file) {
+        Ok(d) => d,
         Err(e) => return fail(Exit::Usage, e),
     };
-    let removed = table
+    let removed = doc
         .get_mut("providers")
-        .and_then(toml::Value::as_table_mut)
+        .and_then(toml_edit::Item::as_table_like_mut)
         .and_then(|p| p.remove(name))
         .is_some();
     if !removed {
@@ -222,16 +234,20 @@ async fn remove(paths: &Paths, name: &str) -> ExitCode {
             format!("no provider `{name}` in {}", file.display()),
         );
     }
-    if table.get("default_provider").and_then(toml::Value::as_str) == Some(name) {
-        table.remove("default_provider");
+    if doc
+        .get("default_provider")
+        .and_then(toml_edit::Item::as_str)
+        == Some(name)
+    {
+        doc.remove("default_provider");
     }
-    if let Some(fallback) = table
+    if let Some(fallback) = doc
         .get_mut("fallback")
-        .and_then(toml::Value::as_array_mut)
+        .and_then(toml_edit::Item::as_array_mut)
     {
         fallback.retain(|v| v.as_str() != Some(name));
     }
-    if let Err(e) = write_user_table(&file, &table) {
+    if let Err(e) = write_user_document(&file, &doc) {
         return fail(Exit::Error, e);
     }
     let store = secret_store(paths);
@@ -241,8 +257,8 @@ async fn remove(paths: &Paths, name: &str) -> ExitCode {
     Exit::Ok.into()
 }
 
-async fn test(paths: &Paths, name: Option<&str>) -> ExitCode {
-    let config = match Config::load(paths) {
+async fn test(paths: &Paths, trust: &ProjectTrust, name: Option<&str>) -> ExitCode {
+    let config = match Config::load(paths, trust) {
         Ok(c) => c,
         Err(e) => return fail(Exit::Usage, e),
     };
@@ -281,7 +297,16 @@ async fn test(paths: &Paths, name: Option<&str>) -> ExitCode {
     }
     match &report.models {
         Ok(models) if models.is_empty() => println!("models: (none listed)"),
-        Ok(models) => println!("models: {}", models.join(", ")),
+        Ok(models) => {
+            println!("models: {}", models.join(", "));
+            if !models.contains(&report.model) {
+                println!(
+                    "warning: the configured model `{}` is not in the server's model list; \
+                     requests may fail or be served by another model",
+                    report.model
+                );
+            }
+        }
         Err(e) => println!("models: unavailable ({e})"),
     }
     if report.ok {

@@ -7,13 +7,18 @@
 //! - `GET /api/providers`, `GET /api/models`, `GET /api/sessions`.
 //! - `POST /v1/chat/completions`: an OpenAI-compatible proxy (streaming and
 //!   not) that sends the request through the configured fallback chain.
+//! - `POST /v1/messages`: the same for Anthropic's Messages API.
 //! - `GET /metrics`: Prometheus text format.
 //!
-//! Every route except `/healthz` needs `Authorization: Bearer <token>`; the
-//! token comes from `PICODE_SERVE_TOKEN` or `serve.token`, and the server
-//! refuses to start without one. Handlers are thin: they parse, call the
+//! Every route except `/healthz` needs `Authorization: Bearer <token>` (or
+//! `x-api-key: <token>`, as Anthropic's SDKs send it); the token comes from
+//! `PICODE_SERVE_TOKEN` or `serve.token`, and the server refuses to start
+//! without one. It listens on 127.0.0.1:8787 unless told otherwise; an
+//! address beyond loopback must be given with `--listen` (never only in a
+//! config file), is warned about, and needs a token of at least 32 bytes. Handlers are thin: they parse, call the
 //! session or provider layer, and render.
 
+mod anthropic;
 mod openai;
 
 use std::convert::Infallible;
@@ -39,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::AgentEvent;
 use crate::cli::{fail, Exit};
+use crate::config::DEFAULT_LISTEN;
 use crate::providers::key_source;
 use crate::session::{App, CancelOnDrop, Resume, Session, SessionError, SessionOptions};
 use crate::store::StoreError;
@@ -109,7 +115,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (
             status,
-            Json(json!({"error": {"message": message, "type": kind}})),
+            // `type: error` at the top is Anthropic's shape; OpenAI clients
+            // read only `error`.
+            Json(json!({"type": "error", "error": {"message": message, "type": kind}})),
         )
             .into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -144,6 +152,7 @@ pub fn router(state: ServeState) -> Router {
         .route("/api/sessions", get(sessions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::list_models))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -177,7 +186,43 @@ pub async fn run_cli(app: App, listen: Option<String>) -> ExitCode {
             "picode serve needs a bearer token: set PICODE_SERVE_TOKEN or `serve.token` in picode.toml",
         );
     };
+    let explicit = listen.is_some();
     let addr = listen.unwrap_or_else(|| app.config.serve.listen.clone());
+    let addr = if addr.trim().is_empty() {
+        DEFAULT_LISTEN.to_owned()
+    } else {
+        addr
+    };
+    let loopback = match tokio::net::lookup_host(&addr).await {
+        Ok(mut addrs) => addrs.all(|a| a.ip().is_loopback()),
+        Err(e) => return fail(Exit::Usage, format!("cannot listen on {addr}: {e}")),
+    };
+    if !loopback {
+        if !explicit {
+            return fail(
+                Exit::Usage,
+                format!(
+                    "serve.listen is {addr}, beyond loopback; pass --listen {addr} \
+                     to mean it (the token then grants shell access to anyone who can reach it)"
+                ),
+            );
+        }
+        if token.len() < MIN_PUBLIC_TOKEN {
+            return fail(
+                Exit::Usage,
+                format!(
+                    "listening on {addr}, beyond loopback, needs a token of at least \
+                     {MIN_PUBLIC_TOKEN} bytes (this one has {}); e.g. `openssl rand -hex 32`",
+                    token.len()
+                ),
+            );
+        }
+        eprintln!(
+            "picode: warning: listening on {addr}, beyond loopback: anyone who reaches it \
+             with the token can run commands in {}",
+            app.paths.project.display()
+        );
+    }
     let listener = match TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(e) => return fail(Exit::Usage, format!("cannot listen on {addr}: {e}")),
@@ -194,6 +239,9 @@ pub async fn run_cli(app: App, listen: Option<String>) -> ExitCode {
         Err(e) => fail(Exit::Error, e),
     }
 }
+
+/// The shortest token accepted on an address beyond loopback.
+const MIN_PUBLIC_TOKEN: usize = 32;
 
 /// Compares in constant time so the token cannot be guessed byte by byte.
 fn token_matches(given: &[u8], expected: &[u8]) -> bool {
@@ -212,11 +260,12 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let given = request
-        .headers()
+    let headers = request.headers();
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .unwrap_or("");
     if given.is_empty() || !token_matches(given.as_bytes(), state.token.as_bytes()) {
         return Err(ApiError::Unauthorized);
@@ -338,7 +387,7 @@ async fn providers(State(state): State<ServeState>) -> Json<serde_json::Value> {
                 "base_url": p.base_url,
                 "default": Some(name) == default.as_ref(),
                 "fallback": config.fallback.contains(name),
-                "key": key_source(p),
+                "key": key_source(p, None),
             })
         })
         .collect();

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use picode_llm::{
-    collect, ChatRequest, ContentPart, Message, Role, StopReason, StreamEvent, ToolDef,
+    collect, ChatRequest, ContentPart, Message, Role, StopReason, StreamEvent, ToolChoice, ToolDef,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -39,6 +39,31 @@ pub struct ChatCompletionRequest {
     max_completion_tokens: Option<u32>,
     #[serde(default)]
     temperature: Option<f32>,
+    /// `"auto"`, `"required"`, `"none"` or `{"type": "function", "function": {"name"}}`.
+    #[serde(default)]
+    tool_choice: Option<Value>,
+}
+
+/// OpenAI's `tool_choice` → ours.
+fn parse_tool_choice(value: Option<&Value>) -> Result<Option<ToolChoice>, ApiError> {
+    let Some(value) = value else { return Ok(None) };
+    match value {
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(Some(ToolChoice::Auto)),
+            "required" => Ok(Some(ToolChoice::Required)),
+            "none" => Ok(Some(ToolChoice::None)),
+            other => Err(ApiError::BadRequest(format!(
+                "`tool_choice` `{other}` is not one of auto, required, none"
+            ))),
+        },
+        Value::Object(_) => value["function"]["name"]
+            .as_str()
+            .map(|name| Some(ToolChoice::Tool(name.to_owned())))
+            .ok_or_else(|| ApiError::BadRequest("`tool_choice.function.name` is missing".into())),
+        _ => Err(ApiError::BadRequest(
+            "`tool_choice` has the wrong type".into(),
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +195,7 @@ fn to_chat_request(req: &ChatCompletionRequest) -> Result<ChatRequest, ApiError>
             .collect(),
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
+        tool_choice: parse_tool_choice(req.tool_choice.as_ref())?,
     })
 }
 
@@ -195,7 +221,7 @@ fn completion_id() -> String {
 }
 
 /// Which provider goes first for a requested model name.
-fn preferred_provider(state: &ServeState, model: &str) -> Option<String> {
+pub(super) fn preferred_provider(state: &ServeState, model: &str) -> Option<String> {
     let providers = &state.app.config.providers;
     if providers.contains_key(model) {
         return Some(model.to_owned());
@@ -296,6 +322,7 @@ pub async fn chat_completions(
                 Some(c)
             }
             Ok(StreamEvent::Done(stop)) => Some(chunk(json!({}), Some(finish_reason(&stop)))),
+            Ok(StreamEvent::Provider(_)) => None,
             Err(e) if !failed => {
                 failed = true;
                 tracing::warn!(error = %e, "stream failed after it started");

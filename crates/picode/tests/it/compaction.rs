@@ -97,7 +97,13 @@ async fn custom_commands_expand_arguments_and_resume_picks_a_session() {
 
     fake.push(Script::text("No bugs."));
     let run = env
-        .run(&["-p", "/review src/lib.rs", "--output-format", "json"])
+        .run(&[
+            "--trust",
+            "-p",
+            "/review src/lib.rs",
+            "--output-format",
+            "json",
+        ])
         .await;
     run.assert_code(0);
     let session = run.json()["session_id"].as_str().unwrap().to_owned();

@@ -8,7 +8,7 @@ use crate::helpers::TestEnv;
 async fn a_bad_value_names_the_key_and_the_file() {
     let env = TestEnv::new();
     env.write("picode.toml", "max_steps = \"lots\"\n");
-    let run = env.run(&["-p", "hi"]).await;
+    let run = env.run(&["--trust", "-p", "hi"]).await;
     run.assert_code(2);
     assert!(run.stderr.contains("max_steps"), "{}", run.stderr);
     assert!(run.stderr.contains("project/picode.toml"), "{}", run.stderr);

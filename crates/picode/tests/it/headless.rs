@@ -4,7 +4,7 @@
 use fake_llm::{FakeLlm, Script};
 use serde_json::json;
 
-use crate::helpers::{tool_call_ids, tool_results, TestEnv};
+use crate::helpers::{provider_toml, tool_call_ids, tool_results, TestEnv};
 
 async fn tool_round_trip(kind: &str) {
     let fake = FakeLlm::start().await;
@@ -122,7 +122,15 @@ async fn fixes_a_failing_test_in_a_small_crate() {
         "src/lib.rs",
         "pub fn add(a: i32, b: i32) -> i32 {\n    a - b\n}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn adds() {\n        assert_eq!(super::add(2, 2), 4);\n    }\n}\n",
     );
+    // The build writes outside the project, so the sandbox is told where.
     let target = env.project.parent().unwrap().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    env.write_user_config(&format!(
+        "sandbox_writable = [\"{}\", \"{}\"]\n{}",
+        target.display(),
+        env.home.display(),
+        provider_toml("fake", "openai", &fake.base_url()),
+    ));
     let cargo_test = format!(
         "CARGO_TARGET_DIR={} cargo test --offline 2>&1",
         target.display()

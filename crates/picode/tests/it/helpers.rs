@@ -19,7 +19,10 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> TestEnv {
-        let root = tempfile::tempdir().expect("tempdir");
+        // Outside the system temp dir: PiCode's config and data dirs are
+        // hidden from sandboxed commands, and inside /tmp that would leave
+        // /tmp's top level read-only for the compilers the tests run.
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let project = root.path().join("project");
         let config_dir = root.path().join("config");
         let data_dir = root.path().join("data");
@@ -193,4 +196,23 @@ pub fn tool_call_ids(body: &serde_json::Value) -> Vec<String> {
         }
     }
     out
+}
+
+impl TestEnv {
+    /// Runs `picode trust` with `answer` on stdin.
+    pub async fn trust_answering(&self, answer: &str) -> Run {
+        use tokio::io::AsyncWriteExt as _;
+        let mut child = self
+            .command()
+            .arg("trust")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run picode trust");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(answer.as_bytes()).await.unwrap();
+        drop(stdin);
+        Run::from(child.wait_with_output().await.unwrap())
+    }
 }

@@ -100,3 +100,46 @@ async fn prompt_stream_cancel_and_a_declined_approval() {
     let text = last["messages"].to_string();
     assert!(text.contains("[interrupted by the user]"), "{text}");
 }
+
+/// The question an interactive session asks in an untrusted project, with
+/// what the project would start shown before the answer.
+async fn trust_question(answer: &str) -> (TestEnv, FakeLlm, String) {
+    let fake = FakeLlm::start().await;
+    let env = TestEnv::new().with_provider("openai", &fake);
+    env.write("AGENTS.md", "TRUST-MARKER: project instructions.\n");
+    env.write(
+        "picode.toml",
+        "[[mcp_servers]]\nname = \"helper\"\ncommand = \"sh\"\nargs = [\"-c\", \"touch pwned\"]\n",
+    );
+    fake.push(Script::text("Hi there."));
+    let steps = json!([
+        ["expect", "sh -c 'touch pwned'"],
+        ["expect", "Trust this folder? [y/N]"],
+        ["send", answer],
+        ["expect", "> "],
+        ["send", "hello"],
+        ["expect", "Hi there."],
+        ["expect", "> "],
+        ["send", "/exit"],
+    ]);
+    let (code, transcript) = drive(&env, steps, &["--permission-mode", "ask"]).await;
+    assert_eq!(code, 0, "transcript:\n{transcript}");
+    (env, fake, transcript)
+}
+
+#[tokio::test]
+async fn an_interactive_session_asks_before_using_the_projects_files() {
+    let (env, fake, _) = trust_question("y").await;
+    let sent = fake.requests()[0]["messages"].to_string();
+    assert!(sent.contains("TRUST-MARKER"), "{sent}");
+    assert!(
+        env.project.join("pwned").exists(),
+        "the approved MCP server ran"
+    );
+
+    let (env, fake, transcript) = trust_question("n").await;
+    assert!(transcript.contains("Not trusted"), "{transcript}");
+    let sent = fake.requests()[0]["messages"].to_string();
+    assert!(!sent.contains("TRUST-MARKER"), "{sent}");
+    assert!(!env.project.join("pwned").exists());
+}

@@ -6,10 +6,14 @@
 mod compaction;
 mod config;
 mod errors;
+mod first_run;
 mod headless;
 mod helpers;
 mod interactive;
 mod live;
 mod provider;
+mod sdk;
+mod secrets;
 mod serve;
+mod trust;
 mod undo;

@@ -21,10 +21,14 @@ struct Server {
 
 impl Server {
     async fn start(env: &TestEnv) -> Server {
+        Server::start_with(env, &["serve", "--listen", "127.0.0.1:0"], TOKEN).await
+    }
+
+    async fn start_with(env: &TestEnv, args: &[&str], token: &str) -> Server {
         let mut child = env
             .command()
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("PICODE_SERVE_TOKEN", TOKEN)
+            .args(args)
+            .env("PICODE_SERVE_TOKEN", token)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn picode serve");
@@ -36,7 +40,7 @@ impl Server {
             .unwrap()
             .expect("a line");
         let base = line.split_whitespace().last().expect("address").to_owned();
-        assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+        assert!(base.starts_with("http://"), "{line}");
         Server {
             _child: child,
             base,
@@ -276,4 +280,216 @@ async fn agent_completions_stream_events_and_sessions_and_metrics_list_them() {
     assert!(metrics.contains("picode_http_requests_total"), "{metrics}");
     assert!(metrics.contains("picode_turns_total"), "{metrics}");
     assert!(metrics.contains("picode_tool_calls_total"), "{metrics}");
+}
+
+#[tokio::test]
+async fn without_flags_it_listens_on_the_documented_loopback_port() {
+    let (env, _primary, _backup) = two_providers().await;
+    let server = Server::start_with(&env, &["serve"], TOKEN).await;
+    assert_eq!(server.base, "http://127.0.0.1:8787");
+    let res = server.get("/healthz").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn beyond_loopback_needs_an_explicit_listen_and_a_long_token() {
+    let (env, _primary, _backup) = two_providers().await;
+    let short = env
+        .command()
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env("PICODE_SERVE_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(short.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+
+    let long = "0123456789abcdef0123456789abcdef";
+    let mut child = env
+        .command()
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env("PICODE_SERVE_TOKEN", long)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("0.0.0.0:"), "{line}");
+    child.kill().await.unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("beyond loopback"), "{stderr}");
+
+    // In a config file alone, a public address is refused.
+    let config = std::fs::read_to_string(env.config_dir.join("picode.toml")).unwrap();
+    env.write_user_config(&format!("{config}[serve]\nlisten = \"0.0.0.0:0\"\n"));
+    let run = env
+        .command()
+        .arg("serve")
+        .env("PICODE_SERVE_TOKEN", long)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("pass --listen 0.0.0.0:0"), "{stderr}");
+}
+
+/// Parses an Anthropic SSE body into (event name, data) pairs.
+fn anthropic_events(body: &str) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    let mut name = String::new();
+    for line in body.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let value: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(value["type"], name.as_str(), "event name and type agree");
+            out.push((name.clone(), value));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn anthropic_messages_stream_text_and_tool_use_through_the_fallback_chain() {
+    let (env, primary, backup) = two_providers().await;
+    backup.push(
+        Script::tool_call("get_weather", json!({"city": "Paris"}))
+            .with_text("Let me check.")
+            .usage(12, 5),
+    );
+    let server = Server::start(&env).await;
+    let res = server
+        .http
+        .post(format!("{}/v1/messages", server.base))
+        .header("x-api-key", TOKEN)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({
+            "model": "primary",
+            "max_tokens": 256,
+            "stream": true,
+            "system": [{"type": "text", "text": "Be brief."}],
+            "tool_choice": {"type": "tool", "name": "get_weather"},
+            "tools": [{"name": "get_weather", "description": "Weather of a city",
+                       "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                                        "required": ["city"]}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = anthropic_events(&res.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"]);
+    let text: String = events
+        .iter()
+        .filter(|(_, v)| v["delta"]["type"] == "text_delta")
+        .map(|(_, v)| v["delta"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "Let me check.");
+    let tool_start = events
+        .iter()
+        .find(|(_, v)| v["content_block"]["type"] == "tool_use")
+        .expect("a tool_use block");
+    assert_eq!(tool_start.1["content_block"]["name"], "get_weather");
+    let index = tool_start.1["index"].clone();
+    let partial: String = events
+        .iter()
+        .filter(|(_, v)| v["delta"]["type"] == "input_json_delta" && v["index"] == index)
+        .map(|(_, v)| v["delta"]["partial_json"].as_str().unwrap())
+        .collect();
+    let input: serde_json::Value = serde_json::from_str(&partial).unwrap();
+    assert_eq!(input, json!({"city": "Paris"}));
+    // Every started block is stopped, in order.
+    let started: Vec<_> = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, v)| v["index"].clone())
+        .collect();
+    let stopped: Vec<_> = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_stop")
+        .map(|(_, v)| v["index"].clone())
+        .collect();
+    assert_eq!(started, stopped);
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(delta["usage"]["output_tokens"], 5);
+    assert_eq!(primary.requests().len(), 2, "the primary was tried first");
+    assert!(backup.requests()[0]["system"]
+        .to_string()
+        .contains("Be brief."));
+}
+
+#[tokio::test]
+async fn anthropic_messages_carry_tool_results_and_answer_without_streaming() {
+    let fake = FakeLlm::start().await;
+    let env = TestEnv::new().with_provider("openai", &fake);
+    fake.push(Script::text("It is sunny.").usage(30, 4));
+    let server = Server::start(&env).await;
+    let res = server
+        .http
+        .post(format!("{}/v1/messages", server.base))
+        .header("x-api-key", TOKEN)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({
+            "model": "fake-model",
+            "max_tokens": 256,
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01",
+                     "content": [{"type": "text", "text": "sunny, 21 C"}]}]}
+            ]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["role"], "assistant");
+    assert_eq!(
+        body["content"],
+        json!([{"type": "text", "text": "It is sunny."}])
+    );
+    assert_eq!(body["stop_reason"], "end_turn");
+    assert_eq!(
+        body["usage"],
+        json!({"input_tokens": 30, "output_tokens": 4})
+    );
+    // Upstream (OpenAI wire) got the call and its result in its own shape.
+    let sent = &fake.requests()[0];
+    assert_eq!(sent["messages"][1]["tool_calls"][0]["id"], "toolu_01");
+    assert_eq!(sent["messages"][2]["role"], "tool");
+    assert_eq!(sent["messages"][2]["tool_call_id"], "toolu_01");
+    assert_eq!(sent["messages"][2]["content"], "sunny, 21 C");
+
+    let res = server
+        .http
+        .post(format!("{}/v1/messages", server.base))
+        .header("x-api-key", "wrong")
+        .json(&json!({"max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "authentication_error");
 }
