@@ -30,6 +30,7 @@
 
 pub(crate) mod config;
 pub mod format;
+mod plan;
 mod query;
 mod record;
 mod redact;
