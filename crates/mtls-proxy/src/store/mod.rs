@@ -28,6 +28,7 @@
 //!   the store unhealthy (see [`StoreHealth`]) until a write succeeds again.
 //! - It knows nothing about HTTP servers or CLIs; callers adapt it.
 
+mod checkpoint;
 pub(crate) mod config;
 pub mod format;
 mod plan;

@@ -1,12 +1,16 @@
 //! Keeping the database bounded: deleting rows by age and by size, and
 //! compressing old bodies in place.
 //!
-//! Every step works in small batches through the writer's single
-//! connection, and gives the connection back between batches, so the writer
-//! task keeps inserting while maintenance runs and the proxy never notices.
+//! Every step works in short write transactions on the store's maintenance
+//! connection, and pauses after each one at least as long as it held the
+//! write lock, so the record writer (which polls for the lock every 250 µs)
+//! gets its turn between them. Before, deletes ran back to back and freed
+//! pages went back to the file in one transaction, followed by a
+//! `TRUNCATE` checkpoint that blocks writers: the writer waited, its queue
+//! filled and records were dropped (0.17% at 45,000 a second).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
@@ -16,7 +20,18 @@ use super::tx::WriteTx;
 use super::{schema, to_micros, Store, StoreError, WarnLimiter};
 
 /// Rows deleted per statement; each statement is its own short transaction.
-const DELETE_BATCH: u64 = 1000;
+const DELETE_BATCH: u64 = 500;
+
+/// Free pages handed back to the file system per transaction (4 MiB of
+/// 16 KiB pages).
+const VACUUM_PAGES: i64 = 256;
+
+/// The least pause after a maintenance transaction, for the writer to take
+/// the lock.
+const MIN_PAUSE: Duration = Duration::from_millis(2);
+
+/// Tries of a checkpoint that another one kept busy.
+const CHECKPOINT_TRIES: usize = 20;
 
 /// Rows compressed per transaction; bodies can be large, so this stays small.
 const COMPRESS_BATCH: i64 = 64;
@@ -90,7 +105,7 @@ impl Store {
         }
 
         report.deleted_by_size = self
-            .enforce_size(pool, config.max_bytes)
+            .enforce_size(pool, config.max_bytes, schema::wal_limit(config))
             .await
             .map_err(step("deleting the oldest rows to stay under max_bytes"))?;
 
@@ -100,7 +115,12 @@ impl Store {
 
     /// Deletes the oldest rows until the database plus its log is below
     /// `max_bytes` (less some headroom). Returns the number of rows deleted.
-    async fn enforce_size(&self, pool: &SqlitePool, max_bytes: u64) -> Result<u64, sqlx::Error> {
+    async fn enforce_size(
+        &self,
+        pool: &SqlitePool,
+        max_bytes: u64,
+        wal_limit: u64,
+    ) -> Result<u64, sqlx::Error> {
         if schema::file_size(self.path()) <= max_bytes {
             return Ok(0);
         }
@@ -110,14 +130,18 @@ impl Store {
         let target = max_bytes - max_bytes / SIZE_HEADROOM_DIVISOR;
         let mut deleted = 0;
         for _ in 0..MAX_SIZE_ROUNDS {
-            let size = schema::file_size(self.path());
+            // What the files come to once free pages are returned and the
+            // log starts over (cut back to its limit): the log may still
+            // hold pages the database already has, and those are no rows'.
+            let log = schema::len(&schema::wal_path(self.path()));
+            let (rows, used_bytes) = usage(pool).await?;
+            let size = used_bytes + log.min(wal_limit);
             if size <= max_bytes && deleted == 0 {
                 break;
             }
             if size <= target {
                 break;
             }
-            let (rows, used_bytes) = usage(pool).await?;
             if rows == 0 {
                 break;
             }
@@ -172,6 +196,7 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))??;
 
+            let started = Instant::now();
             let mut tx = WriteTx::begin(pool)
                 .await
                 .map_err(step("storing compressed bodies"))?;
@@ -180,6 +205,7 @@ impl Store {
                 .finish(stored)
                 .await
                 .map_err(step("storing compressed bodies"))?;
+            pause_after(started).await;
 
             if fetched < COMPRESS_BATCH as usize {
                 break;
@@ -237,9 +263,16 @@ fn step(step: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |source| StoreError::Maintenance { step, source }
 }
 
+/// Gives the write lock away for at least as long as the transaction that
+/// just ended (started at `started`) held it.
+async fn pause_after(started: Instant) {
+    tokio::time::sleep(started.elapsed().max(MIN_PAUSE)).await;
+}
+
 async fn delete_older_than(pool: &SqlitePool, before: i64) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
     loop {
+        let started = Instant::now();
         let done = sqlx::query(
             "DELETE FROM exchanges WHERE id IN \
              (SELECT id FROM exchanges WHERE ts < ? ORDER BY ts LIMIT ?)",
@@ -253,10 +286,12 @@ async fn delete_older_than(pool: &SqlitePool, before: i64) -> Result<u64, sqlx::
         if done < DELETE_BATCH {
             return Ok(deleted);
         }
+        pause_after(started).await;
     }
 }
 
 async fn delete_oldest(pool: &SqlitePool, n: u64) -> Result<u64, sqlx::Error> {
+    let started = Instant::now();
     let done = sqlx::query(
         "DELETE FROM exchanges WHERE id IN \
          (SELECT id FROM exchanges ORDER BY ts, id LIMIT ?)",
@@ -264,6 +299,7 @@ async fn delete_oldest(pool: &SqlitePool, n: u64) -> Result<u64, sqlx::Error> {
     .bind(i64::try_from(n).unwrap_or(i64::MAX))
     .execute(pool)
     .await?;
+    pause_after(started).await;
     Ok(done.rows_affected())
 }
 
@@ -284,22 +320,54 @@ async fn usage(pool: &SqlitePool) -> Result<(u64, u64), sqlx::Error> {
     ))
 }
 
-/// Returns free pages to the file system and truncates the log.
+/// Returns free pages to the file system, [`VACUUM_PAGES`] per
+/// transaction, and copies the log into the database.
 async fn shrink(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    sqlx::query("PRAGMA incremental_vacuum")
-        .execute(pool)
-        .await?;
+    loop {
+        let free: i64 = sqlx::query_scalar("SELECT freelist_count FROM pragma_freelist_count()")
+            .fetch_one(pool)
+            .await?;
+        if free == 0 {
+            break;
+        }
+        let started = Instant::now();
+        // A pragma takes no bound parameters; the count is ours.
+        sqlx::query(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
+            .execute(pool)
+            .await?;
+        pause_after(started).await;
+    }
     checkpoint(pool).await
 }
 
-/// Copies the log into the database and truncates it to zero bytes. If a
-/// reader is in the middle of a query the checkpoint stops short; that is
-/// fine, the next pass finishes it.
+/// Copies the log into the database, so that the file sizes say what the
+/// rows take. `PASSIVE`: unlike `TRUNCATE` it never holds the write lock,
+/// so the writer goes on meanwhile; what it leaves (pages a reader still
+/// uses, or written meanwhile) the checkpoint thread copies later, and the
+/// log's size limit cuts the file back when it starts over.
 async fn checkpoint(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(pool)
-        .await
-        .map(drop)
+    // The checkpoint thread may be copying at this moment; a `PASSIVE`
+    // checkpoint then returns at once, busy. Try a few times.
+    for _ in 0..CHECKPOINT_TRIES {
+        let (busy, log, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(pool)
+            .await?;
+        if busy == 0 && log == copied {
+            break;
+        }
+        tokio::time::sleep(MIN_PAUSE).await;
+    }
+    // A log copied to its end starts over at the next write, and that
+    // write's commit cuts the file back to the size limit: one tiny write
+    // makes the file sizes true now rather than at the writer's next batch.
+    sqlx::query(
+        "INSERT INTO writer_probe (id, ts) VALUES (1, ?) \
+         ON CONFLICT (id) DO UPDATE SET ts = excluded.ts",
+    )
+    .bind(to_micros(SystemTime::now()))
+    .execute(pool)
+    .await
+    .map(drop)
 }
 
 /// An error with its sources, for the health status where there is no

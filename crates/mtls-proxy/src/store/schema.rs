@@ -38,14 +38,18 @@ pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// The size, in bytes, the write-ahead log is cut back to when it starts
+/// over. Without a limit the log keeps the size of its largest burst
+/// forever; it counts against `max_bytes`, so it is a small share of it.
+pub(crate) fn wal_limit(config: &StoreConfig) -> u64 {
+    (config.max_bytes / 16).clamp(64 << 10, 64 << 20)
+}
+
 /// Opens the single write connection, creating the file if needed.
 pub(crate) async fn open_writer(
     path: &Path,
     config: &StoreConfig,
 ) -> Result<SqlitePool, StoreError> {
-    // Without a limit the write-ahead log keeps the size of its largest
-    // burst forever; cap it relative to the size budget.
-    let wal_limit = (config.max_bytes / 8).clamp(1 << 20, 64 << 20);
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -63,7 +67,7 @@ pub(crate) async fn open_writer(
         // right trade for not syncing on every batch.
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
-        .pragma("journal_size_limit", wal_limit.to_string());
+        .pragma("journal_size_limit", wal_limit(config).to_string());
     SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
@@ -145,8 +149,12 @@ pub(crate) fn wal_path(path: &Path) -> PathBuf {
 /// Size of the database file plus its write-ahead log; missing files count
 /// as empty, since a size probe must never fail.
 pub(crate) fn file_size(path: &Path) -> u64 {
-    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     len(path) + len(&wal_path(path))
+}
+
+/// Size of one file, 0 when missing.
+pub(crate) fn len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 #[cfg(test)]
