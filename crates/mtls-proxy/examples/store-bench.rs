@@ -144,6 +144,7 @@ async fn writer(args: WriterArgs) -> anyhow::Result<()> {
         cfg.queue_capacity = capacity;
     }
     let capacity = cfg.queue_capacity;
+    let cfg_max = cfg.max_bytes;
     let store = Store::open(&cfg).await?;
     let (recorder, tasks) = Recorder::start(store.clone())?;
 
@@ -232,7 +233,9 @@ async fn writer(args: WriterArgs) -> anyhow::Result<()> {
         peaks.over_half.as_millis()
     );
     println!(
-        "| database and log at the end | {:.1} MiB |",
+        "| database and log | at most {:.1} MiB during the run (max_bytes {:.1} MiB), {:.1} MiB at the end |",
+        peaks.largest as f64 / 1_048_576.0,
+        cfg_max as f64 / 1_048_576.0,
         size as f64 / 1_048_576.0
     );
     if dropped > 0 && args.rate > 0 {
@@ -287,6 +290,8 @@ fn send_at_rate(
 struct Peaks {
     max: usize,
     over_half: Duration,
+    /// The largest database plus log seen, in bytes.
+    largest: u64,
 }
 
 /// Samples the queue's length every millisecond until told to stop.
@@ -294,7 +299,9 @@ fn sample_queue(recorder: &Recorder, half: usize, stop: &AtomicBool) -> Peaks {
     let mut peaks = Peaks {
         max: 0,
         over_half: Duration::ZERO,
+        largest: 0,
     };
+    let mut tick = 0u64;
     let mut last = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(1));
@@ -305,6 +312,12 @@ fn sample_queue(recorder: &Recorder, half: usize, stop: &AtomicBool) -> Peaks {
         }
         last = now;
         peaks.max = peaks.max.max(queued);
+        tick += 1;
+        if tick.is_multiple_of(100) {
+            if let Some(store) = recorder.store() {
+                peaks.largest = peaks.largest.max(store.size_bytes());
+            }
+        }
     }
     peaks
 }

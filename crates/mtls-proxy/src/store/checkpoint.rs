@@ -11,10 +11,15 @@
 //! thread after each commit instead. Its `PASSIVE` checkpoints never take
 //! the write lock: the writer goes on appending while pages are copied.
 //!
-//! Checkpointing soon after each commit keeps each one small and lets it
-//! reach the end of the log in the pause before the next batch, which is
-//! what allows the writer to start the log over (and the connection's
-//! `journal_size_limit` to cut the file back).
+//! Checkpointing soon after each commit keeps each one small. The log
+//! starts over (and the writer's `journal_size_limit` cuts the file back)
+//! only when a checkpoint reached its end before the next write; under
+//! steady writes and maintenance a passive checkpoint may never get there,
+//! and the log grew to gigabytes in `bench/mtls-proxy/writer`. So once the
+//! log holds more than its limit, a `RESTART` checkpoint follows the passive
+//! one: it holds writers off only while it copies what the passive one left
+//! (little) and waits at most [`RESTART_WAIT`] for readers, and makes the
+//! next write start the log over.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,10 +33,14 @@ use super::WarnLimiter;
 
 /// The least time between two checkpoints: each one syncs the database
 /// file, so a burst of small commits shares one.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 
 /// How long the thread sleeps when nothing wakes it.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// How long a `RESTART` checkpoint waits for readers (and so holds the
+/// writer off) before it gives up until the next try.
+const RESTART_WAIT: Duration = Duration::from_millis(20);
 
 /// The checkpoint thread and what stops it.
 pub(crate) struct Checkpointer {
@@ -42,17 +51,20 @@ pub(crate) struct Checkpointer {
 impl Checkpointer {
     /// Opens a connection of its own to the database at `path` and starts
     /// the thread.
-    pub(crate) fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
+    /// Once the log holds more than `restart_after` pages, it is made to
+    /// start over.
+    pub(crate) fn start(path: &Path, restart_after: i64) -> rusqlite::Result<Checkpointer> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        conn.busy_timeout(RESTART_WAIT)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
             thread::Builder::new()
                 .name("recorder-wal".to_owned())
-                .spawn(move || run(&conn, &stop))
+                .spawn(move || run(&conn, restart_after, &stop))
                 .map_err(|e| {
                     rusqlite::Error::ToSqlConversionFailure(
                         format!("cannot start the checkpoint thread: {e}").into(),
@@ -77,7 +89,7 @@ impl Checkpointer {
     }
 }
 
-fn run(conn: &Connection, stop: &AtomicBool) {
+fn run(conn: &Connection, restart_after: i64, stop: &AtomicBool) {
     let mut warn = WarnLimiter::new(Duration::from_secs(300));
     let mut last = Instant::now();
     loop {
@@ -91,8 +103,17 @@ fn run(conn: &Connection, stop: &AtomicBool) {
         // (busy, pages in the log, pages copied); a checkpoint that cannot
         // go all the way (a reader still needs old pages) is finished by a
         // later one.
-        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            row.get::<_, i64>(1)
+        let checkpoint = |mode: &str| {
+            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+                row.get::<_, i64>(1)
+            })
+        };
+        let result = checkpoint("PASSIVE").and_then(|pages| {
+            if pages > restart_after {
+                checkpoint("RESTART")
+            } else {
+                Ok(pages)
+            }
         });
         if let Err(e) = result {
             if let Some(suppressed) = warn.check() {

@@ -207,7 +207,10 @@ impl Recorder {
             source,
         };
         let conn = open_connection(store.path(), &config).map_err(open_err)?;
-        let checkpointer = Checkpointer::start(store.path()).map_err(open_err)?;
+        let restart_after =
+            i64::try_from(schema::wal_limit(&config) / u64::from(schema::PAGE_SIZE))
+                .unwrap_or(i64::MAX);
+        let checkpointer = Checkpointer::start(store.path(), restart_after).map_err(open_err)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let signal = Arc::new(Signal {
             queued: AtomicUsize::new(0),

