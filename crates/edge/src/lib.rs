@@ -18,6 +18,7 @@
 
 pub mod body;
 pub mod error;
+pub mod fuzzing;
 mod h1;
 pub mod identity;
 pub mod proxy;

@@ -382,7 +382,7 @@ fn searches() -> Vec<Search> {
             &[("path", "/admin/users/7*")],
         ),
         search("path glob /nothing/* (none)", &[("path", "/nothing/*")]),
-        search("path, exact", &[("path", "/api/v1/orders/4242")]),
+        search("path, exact", &[("path", "/api/v1/orders/4243")]),
         search("kind handshake (0.05%)", &[("kind", "handshake")]),
         search(
             "route api + status 5xx",

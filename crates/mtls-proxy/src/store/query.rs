@@ -903,11 +903,21 @@ mod tests {
             chosen(&[("route", "api"), ("status", "404")], 1000).await,
             "exchanges_status_ts"
         );
-        // Every count is taken within the time window, so a window narrows
-        // the other candidates too: 4xx of the last five minutes.
+        // A window narrows what an index in time order holds, not what a
+        // range of values holds: the 25 rows of the last five minutes win
+        // over the 64 4xx of the whole hour, and the 6 rows of route api
+        // in the window over both.
         assert_eq!(
             chosen(&[("since", "5m"), ("status", "4xx")], 1000).await,
-            "exchanges_status_ts"
+            "exchanges_ts"
+        );
+        assert_eq!(
+            chosen(
+                &[("since", "5m"), ("status", "4xx"), ("route", "api")],
+                1000
+            )
+            .await,
+            "exchanges_route_ts"
         );
         assert_eq!(
             chosen(&[("since", "5m"), ("status", "2xx")], 1000).await,
