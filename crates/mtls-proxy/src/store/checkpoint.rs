@@ -33,7 +33,7 @@ use super::WarnLimiter;
 
 /// The least time between two checkpoints: each one syncs the database
 /// file, so a burst of small commits shares one.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// How long the thread sleeps when nothing wakes it.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
