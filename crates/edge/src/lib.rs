@@ -19,6 +19,7 @@
 
 pub mod body;
 pub mod error;
+pub mod fuzzing;
 mod h1;
 pub mod proxy;
 pub mod route;

@@ -28,8 +28,10 @@
 //!   the store unhealthy (see [`StoreHealth`]) until a write succeeds again.
 //! - It knows nothing about HTTP servers or CLIs; callers adapt it.
 
+mod checkpoint;
 pub(crate) mod config;
 pub mod format;
+mod plan;
 mod query;
 mod record;
 mod redact;

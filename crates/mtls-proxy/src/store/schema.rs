@@ -1,18 +1,13 @@
 //! Opening the database and keeping its schema current.
 //!
 //! The schema lives in `.sql` files under `migrations/`, embedded at compile
-//! time and applied by sqlx's [`Migrator`], which records what it applied in
-//! `_sqlx_migrations`. sqlx's `migrate!` macro would need the `macros`
-//! feature, so the migrator is built at runtime from an embedded source.
+//! time by `sqlx::migrate!` and applied by its [`Migrator`], which records
+//! what it applied (with each file's checksum) in `_sqlx_migrations`.
 
-use std::borrow::Cow;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::time::Duration;
 
-use sqlx::error::BoxDynError;
-use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -20,27 +15,12 @@ use sqlx::sqlite::{
 
 use super::{StoreConfig, StoreError};
 
-/// Every migration, oldest first: version, description, SQL. Never edit a
-/// released file; sqlx refuses to start when a checksum changes.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "exchanges",
-        include_str!("migrations/0001_exchanges.sql"),
-    ),
-    (2, "sni", include_str!("migrations/0002_sni.sql")),
-    (
-        3,
-        "status index",
-        include_str!("migrations/0003_status_index.sql"),
-    ),
-];
+/// Every migration, oldest first, named `NNNN_description.sql`. Never edit
+/// a released file: sqlx refuses to start when a checksum changes.
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations");
 
 /// Page size of new databases, in bytes.
 pub(crate) const PAGE_SIZE: u32 = 16 * 1024;
-
-/// The newest schema version this build understands.
-pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// How long a statement waits for another connection's lock before failing
 /// with `SQLITE_BUSY`. Long enough to ride out a checkpoint or a `logs`
@@ -48,37 +28,21 @@ pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// the health status.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Migrations compiled into the binary, as a sqlx migration source.
-#[derive(Debug)]
-struct EmbeddedMigrations(&'static [(i64, &'static str, &'static str)]);
-
-impl MigrationSource<'static> for EmbeddedMigrations {
-    fn resolve(
-        self,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 'static>> {
-        let migrations = self
-            .0
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    Cow::Borrowed(description),
-                    MigrationType::Simple,
-                    Cow::Borrowed(sql),
-                    false,
-                )
-            })
-            .collect();
-        Box::pin(std::future::ready(Ok(migrations)))
-    }
+/// The newest schema version this build understands.
+pub(crate) fn schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
 /// Applies every pending migration.
 pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), MigrateError> {
-    Migrator::new(EmbeddedMigrations(MIGRATIONS))
-        .await?
-        .run(pool)
-        .await
+    MIGRATOR.run(pool).await
+}
+
+/// The size, in bytes, the write-ahead log is cut back to when it starts
+/// over. Without a limit the log keeps the size of its largest burst
+/// forever; it counts against `max_bytes`, so it is a small share of it.
+pub(crate) fn wal_limit(config: &StoreConfig) -> u64 {
+    (config.max_bytes / 16).clamp(64 << 10, 64 << 20)
 }
 
 /// Opens the single write connection, creating the file if needed.
@@ -86,9 +50,6 @@ pub(crate) async fn open_writer(
     path: &Path,
     config: &StoreConfig,
 ) -> Result<SqlitePool, StoreError> {
-    // Without a limit the write-ahead log keeps the size of its largest
-    // burst forever; cap it relative to the size budget.
-    let wal_limit = (config.max_bytes / 8).clamp(1 << 20, 64 << 20);
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -106,7 +67,7 @@ pub(crate) async fn open_writer(
         // right trade for not syncing on every batch.
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
-        .pragma("journal_size_limit", wal_limit.to_string());
+        .pragma("journal_size_limit", wal_limit(config).to_string());
     SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
@@ -167,11 +128,12 @@ pub(crate) async fn check_schema(pool: &SqlitePool, path: &Path) -> Result<(), S
             .fetch_one(pool)
             .await
             .map_err(open_err)?;
+    let supported = schema_version();
     match found {
-        Some(found) if found > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
+        Some(found) if found > supported => Err(StoreError::SchemaTooNew {
             path: path.to_path_buf(),
             found,
-            supported: SCHEMA_VERSION,
+            supported,
         }),
         _ => Ok(()),
     }
@@ -187,8 +149,12 @@ pub(crate) fn wal_path(path: &Path) -> PathBuf {
 /// Size of the database file plus its write-ahead log; missing files count
 /// as empty, since a size probe must never fail.
 pub(crate) fn file_size(path: &Path) -> u64 {
-    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     len(path) + len(&wal_path(path))
+}
+
+/// Size of one file, 0 when missing.
+pub(crate) fn len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 #[cfg(test)]
@@ -241,7 +207,9 @@ mod tests {
         assert_eq!(
             indexes,
             [
+                "exchanges_handshake_ts",
                 "exchanges_identity_ts",
+                "exchanges_path_ts",
                 "exchanges_route_ts",
                 "exchanges_status_ts",
                 "exchanges_ts",
@@ -257,16 +225,26 @@ mod tests {
                 .fetch_all(&store.inner.reader)
                 .await
                 .unwrap();
-        let every: Vec<i64> = MIGRATIONS.iter().map(|m| m.0).collect();
-        assert_eq!(versions, every);
-        assert_eq!(versions.last(), Some(&SCHEMA_VERSION));
+        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(versions.last(), Some(&schema_version()));
     }
 
     /// Leaves at `cfg.path` a database as schema version `version` left it,
-    /// holding the rows `insert` adds.
+    /// holding the rows `insert` adds: the first `version` files of
+    /// `migrations/`, applied by a migrator that reads them from a folder.
     async fn file_at_version(cfg: &StoreConfig, version: usize, insert: &str) {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&source)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let older = tempfile::tempdir().unwrap();
+        for file in &files[..version] {
+            std::fs::copy(file, older.path().join(file.file_name().unwrap())).unwrap();
+        }
         let pool = open_writer(&cfg.path, cfg).await.unwrap();
-        Migrator::new(EmbeddedMigrations(&MIGRATIONS[..version]))
+        Migrator::new(older.path())
             .await
             .unwrap()
             .run(&pool)
@@ -301,6 +279,75 @@ mod tests {
         store.close().await;
     }
 
+    /// A database that mtls-proxy wrote with schema version 3, before its
+    /// migrations were embedded by `sqlx::migrate!` (the file was made by
+    /// the release of that version: six requests, one with a query string
+    /// and a body, and a failed handshake). It must open, take migration 4,
+    /// and give back every row through the new indexes.
+    #[tokio::test]
+    async fn a_database_of_schema_version_three_upgrades_and_keeps_its_rows() {
+        let (_dir, cfg) = temp_config();
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/records-schema-v3.sqlite");
+        std::fs::copy(&fixture, &cfg.path).unwrap();
+
+        let store = Store::open(&cfg).await.unwrap();
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&store.inner.reader)
+                .await
+                .unwrap();
+        assert_eq!(versions, [1, 2, 3, 4]);
+
+        let paths = |rows: Vec<crate::store::RecordRow>| -> Vec<String> {
+            rows.into_iter()
+                .map(|r| r.path.unwrap_or_else(|| "-".to_owned()))
+                .collect()
+        };
+        let all = store.query(&crate::store::Filter::default()).await.unwrap();
+        assert_eq!(all.len(), 7);
+        let items = &all[1];
+        assert_eq!(items.path.as_deref(), Some("/v1/items"));
+        assert_eq!(items.query.as_deref(), Some("page=2"));
+        assert_eq!(items.response_body.as_deref(), Some(&b"{\"items\":[]}"[..]));
+        assert_eq!(items.client_identity.as_deref(), Some("spiffe://corp/web"));
+        assert_eq!(items.ts_us, 1_764_547_500_000_000);
+        assert_eq!(all[0].kind, crate::store::Kind::Handshake);
+        assert_eq!(all[0].error.as_deref(), Some("tls:unknown_issuer"));
+
+        let search = |params: &[(&str, &str)]| {
+            let params = crate::store::FilterParams {
+                path: params
+                    .iter()
+                    .find(|p| p.0 == "path")
+                    .map(|p| p.1.to_owned()),
+                status: params
+                    .iter()
+                    .find(|p| p.0 == "status")
+                    .map(|p| p.1.to_owned()),
+                kind: params
+                    .iter()
+                    .find(|p| p.0 == "kind")
+                    .map(|p| p.1.to_owned()),
+                ..Default::default()
+            };
+            let filter = crate::store::Filter::parse(&params).unwrap();
+            let store = store.clone();
+            async move { paths(store.query(&filter).await.unwrap()) }
+        };
+        assert_eq!(
+            search(&[("path", "/v1/*")]).await,
+            ["/v1/items", "/v1/orders", "/v1/users"]
+        );
+        assert_eq!(search(&[("status", "1xx")]).await, ["/socket"]);
+        assert_eq!(
+            search(&[("status", "5xx")]).await,
+            ["/v2/users", "/v1/orders"]
+        );
+        assert_eq!(search(&[("kind", "handshake")]).await, ["-"]);
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn version_three_keeps_only_redirects_and_errors_in_the_status_index() {
         let (_dir, cfg) = temp_config();
@@ -327,7 +374,11 @@ mod tests {
                 .fetch_one(&store.inner.reader)
                 .await
                 .unwrap();
-        assert!(definition.ends_with("WHERE status >= 300"), "{definition}");
+        // Migration 4 added the 1xx statuses.
+        assert!(
+            definition.ends_with("WHERE status < 200 OR status >= 300"),
+            "{definition}"
+        );
         let rows = store.query(&crate::store::Filter::default()).await.unwrap();
         assert_eq!(rows.len(), 4, "no row was lost");
         store.close().await;

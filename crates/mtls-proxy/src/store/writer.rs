@@ -26,8 +26,9 @@ use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::mpsc::{self, Receiver, Sender};
 use tokio::sync::oneshot;
 
+use super::checkpoint::Checkpointer;
 use super::{
-    retention, to_micros, Filter, Kind, Record, RecordRow, Redactor, Store, StoreError,
+    retention, schema, to_micros, Filter, Kind, Record, RecordRow, Redactor, Store, StoreError,
     StoreHealth, StoredHeaders, WarnLimiter, METRIC_RECORDS_DROPPED, METRIC_RECORDS_FAILED,
     METRIC_RECORDS_WRITTEN,
 };
@@ -46,6 +47,14 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// How long the writer's connection waits for another connection's lock
 /// (maintenance, a `logs` query) before a batch fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the writer sleeps between two tries of a lock another
+/// connection holds. SQLite's own busy handler backs off to 100 ms between
+/// tries; maintenance gives the lock back after each short transaction and
+/// pauses, and a writer asleep for 25 to 100 ms at a time missed those
+/// pauses: `strace` of the writer thread in `bench/mtls-proxy/writer`
+/// showed waits of up to 105 ms at 10,000 records a second.
+const LOCK_RETRY: Duration = Duration::from_micros(250);
 
 /// What travels from the handles to the writer. Flush and shutdown share the
 /// channel with records so that they are ordered after every record sent
@@ -168,6 +177,7 @@ impl std::fmt::Debug for Recorder {
 pub struct StoreTasks {
     queue: Queue,
     writer: JoinHandle<()>,
+    checkpointer: Checkpointer,
     maintenance: tokio::task::JoinHandle<()>,
     stop_maintenance: Arc<tokio::sync::Notify>,
     store: Store,
@@ -192,10 +202,15 @@ impl Recorder {
     pub fn start(store: Store) -> Result<(Recorder, StoreTasks), StoreError> {
         let side = store.write_side()?;
         let config = side.config.clone();
-        let conn = open_connection(store.path()).map_err(|source| StoreError::OpenWriter {
+        let open_err = |source| StoreError::OpenWriter {
             path: store.path().to_path_buf(),
             source,
-        })?;
+        };
+        let conn = open_connection(store.path(), &config).map_err(open_err)?;
+        let restart_after =
+            i64::try_from(schema::wal_limit(&config) / u64::from(schema::PAGE_SIZE))
+                .unwrap_or(i64::MAX);
+        let checkpointer = Checkpointer::start(store.path(), restart_after).map_err(open_err)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let signal = Arc::new(Signal {
             queued: AtomicUsize::new(0),
@@ -216,6 +231,7 @@ impl Recorder {
             next_probe: Instant::now(),
             insert_lean: InsertSql::new(Shape::Lean),
             insert_full: InsertSql::new(Shape::Full),
+            checkpoints: checkpointer.waker(),
         };
         let handle = thread::Builder::new()
             .name("recorder".to_owned())
@@ -243,6 +259,7 @@ impl Recorder {
         let tasks = StoreTasks {
             queue,
             writer: handle,
+            checkpointer,
             maintenance,
             stop_maintenance,
             store,
@@ -286,6 +303,15 @@ impl Recorder {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(METRIC_RECORDS_DROPPED).increment(1);
         }
+    }
+
+    /// How many records wait for the writer right now: how far behind it
+    /// is. A benchmark samples it to find the writer's stalls.
+    pub fn queued(&self) -> usize {
+        self.inner
+            .queue
+            .as_ref()
+            .map_or(0, |q| q.signal.queued.load(Ordering::Relaxed))
     }
 
     /// How many records this recorder (and its clones) dropped.
@@ -363,6 +389,10 @@ impl StoreTasks {
             Ok(Err(_)) => tracing::error!("the store writer thread panicked"),
             Err(e) => tracing::error!(error = %e, "waiting for the store writer failed"),
         }
+        let checkpointer = self.checkpointer;
+        if let Err(e) = tokio::task::spawn_blocking(move || checkpointer.stop()).await {
+            tracing::error!(error = %e, "waiting for the checkpoint thread failed");
+        }
         self.stop_maintenance.notify_one();
         if let Err(e) = self.maintenance.await {
             tracing::error!(error = %e, "the store maintenance task failed");
@@ -372,15 +402,22 @@ impl StoreTasks {
 }
 
 /// Opens the writer's own connection to a database the store has already
-/// created and migrated. `synchronous` and the busy timeout are
-/// per-connection settings; WAL mode is a property of the file.
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+/// created and migrated. `synchronous`, the busy handler, the log's
+/// automatic checkpoints and its size limit are per-connection settings;
+/// WAL mode is a property of the file.
+fn open_connection(path: &Path, config: &super::StoreConfig) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_handler(Some(retry_lock))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Checkpoints run on their own thread (see `checkpoint.rs`), not inside
+    // this connection's commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // This connection is the one that starts the log over after a
+    // checkpoint, so its limit is the one that cuts the file back.
+    conn.pragma_update(None, "journal_size_limit", schema::wal_limit(config))?;
     // The values this connection writes satisfy the schema's CHECK
     // constraints by construction: `kind` comes from [`Kind`], `truncated`
     // from a bool, and `body_encoding` is left to its default. Evaluating
@@ -388,6 +425,17 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // Other connections (maintenance, a user's `sqlite3`) still enforce them.
     conn.pragma_update(None, "ignore_check_constraints", true)?;
     Ok(conn)
+}
+
+/// The writer's busy handler: tries again every [`LOCK_RETRY`] until
+/// [`BUSY_TIMEOUT`] has passed.
+fn retry_lock(tries: i32) -> bool {
+    let waited = LOCK_RETRY * u32::try_from(tries).unwrap_or(u32::MAX);
+    if waited >= BUSY_TIMEOUT {
+        return false;
+    }
+    thread::sleep(LOCK_RETRY);
+    true
 }
 
 /// The columns the writer fills, in the order [`bind_record`] binds them.
@@ -526,6 +574,8 @@ struct Writer {
     /// The SQL of the single-row and the multi-row inserts, per shape.
     insert_lean: InsertSql,
     insert_full: InsertSql,
+    /// The checkpoint thread, woken after each commit.
+    checkpoints: Thread,
 }
 
 /// What the writer does after a message.
@@ -649,6 +699,7 @@ impl Writer {
         let store = &self.store;
         match result {
             Ok(()) => {
+                self.checkpoints.unpark();
                 metrics::counter!(METRIC_RECORDS_WRITTEN).increment(count);
                 if !store.health_state().is_writable() {
                     tracing::info!("the recording database is writable again");

@@ -6,6 +6,7 @@ mod binary;
 mod client_certs;
 mod limits;
 mod proxying;
+mod recorder_load;
 mod recording;
 mod reload;
 mod revocation;
