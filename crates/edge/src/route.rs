@@ -107,14 +107,10 @@ pub fn normalize_host(raw: &str) -> Result<String, AuthorityError> {
         if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
             return Err(AuthorityError::InvalidHost);
         }
-        if literal.is_empty()
-            || !literal
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return Err(AuthorityError::InvalidHost);
-        }
-        return Ok(literal.to_ascii_lowercase());
+        // Only IPv6 goes in brackets; written the one canonical way, so
+        // `[0:0::1]` and `[::1]` are the same host.
+        let ip: std::net::Ipv6Addr = literal.parse().map_err(|_| AuthorityError::InvalidHost)?;
+        return Ok(ip.to_string());
     } else {
         match raw.split_once(':') {
             Some((h, port)) if is_port(port) => h,
@@ -222,6 +218,12 @@ pub fn normalize_path(raw: &str) -> NormalPath<'_> {
                 ]);
             }
             i += 3;
+        } else if b == b'%' {
+            // A `%` that starts no escape is written as one, so that no
+            // escape can be put together from what decoding leaves behind
+            // (`%%41` must not become `%A`).
+            decoded.extend_from_slice(b"%25");
+            i += 1;
         } else {
             decoded.push(b);
             i += 1;
@@ -520,6 +522,8 @@ mod tests {
             );
         }
         assert_eq!(normalize_host("[::1]:80").unwrap(), "::1");
+        assert_eq!(normalize_host("[0:0::1]").unwrap(), "::1");
+        assert_eq!(normalize_host("[.]"), Err(AuthorityError::InvalidHost));
     }
 
     fn norm(p: &str) -> String {
