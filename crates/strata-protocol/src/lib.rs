@@ -8,9 +8,14 @@
 //! side answers each with an [`ErrorReply`] (see [`ProtocolError::reply`])
 //! and keeps the connection.
 //!
+//! [`local`] holds the messages between the control plane and the receiver
+//! processes it supervises, over a Unix socket on the same machine.
+//!
 //! These are wire types only: they carry strings and numbers as they travel.
 //! The control plane and the agent parse them into their own domain types.
 //! This crate does no I/O and knows nothing of sockets, databases or keys.
+
+pub mod local;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
