@@ -1,0 +1,12 @@
+//! strata-control's integration tests: real SQLite files, a throwaway
+//! PostgreSQL cluster, the real server on port 0, real agent and receiver
+//! processes.
+
+mod alerts;
+mod api;
+mod e2e;
+mod enrolment;
+mod helpers;
+mod postgres;
+mod protocol;
+mod store_contract;
