@@ -36,9 +36,18 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let metrics = telemetry::metrics().ok();
     let alerts = alerts::spawn(control.clone());
+    let csrf_key =
+        secrets::KeyFile::load_or_create(&control.config().data_dir.join("csrf.key"), || {
+            secrets::random_bytes::<32>().map(|k| k.to_vec())
+        })
+        .map_err(std::io::Error::other)?;
+    let csrf_key: [u8; 32] = csrf_key
+        .try_into()
+        .map_err(|_| std::io::Error::other("csrf.key does not hold 32 bytes"))?;
     let state = http::AppState {
         control: control.clone(),
         metrics,
+        csrf: Arc::new(auth::csrf::Csrf::new(&csrf_key)),
     };
     let result = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)

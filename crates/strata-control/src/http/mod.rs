@@ -17,12 +17,15 @@ use crate::service::{now_ms, Control, ControlError};
 
 mod agent_ws;
 mod api;
+mod pages;
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub control: Arc<Control>,
     pub metrics: Option<telemetry::Metrics>,
+    /// Makes and checks the dashboard forms' CSRF tokens.
+    pub csrf: Arc<auth::csrf::Csrf>,
 }
 
 /// The whole HTTP surface.
@@ -60,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/streams/{id}", get(api::get_stream))
         .route("/api/streams/{id}/stop", post(api::stop_stream))
         .route("/api/audit", get(api::audit))
+        .merge(pages::routes())
+        .merge(web::assets_router())
         .with_state(state)
 }
 

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod api;
+mod dashboard;
 mod e2e;
 mod enrolment;
 mod helpers;
