@@ -464,6 +464,18 @@ impl Store {
         Ok(out)
     }
 
+    /// The streams of one sender that are not over (without destinations).
+    pub async fn active_streams_of(&self, sender_id: &str) -> Result<Vec<StreamRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLS} FROM streams \
+             WHERE sender_id = $1 AND state IN ('starting', 'live', 'stopping')"
+        ))
+        .bind(sender_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(StreamRow::from_row).collect()
+    }
+
     /// Ports held by streams that are not over.
     pub async fn ports_in_use(&self) -> Result<Vec<i64>, StoreError> {
         let rows = sqlx::query(
