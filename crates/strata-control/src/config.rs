@@ -25,6 +25,9 @@ pub struct Config {
     pub receiver_bin: Option<PathBuf>,
     /// Seconds between agent heartbeats.
     pub heartbeat_secs: u32,
+    /// A receiver that reports no stats this long (milliseconds) is judged
+    /// wedged and restarted.
+    pub receiver_stall_ms: u64,
     /// Whether the dashboard is served over HTTPS (sets `Secure` cookies).
     pub secure_cookies: bool,
     pub alerts: AlertConfig,
@@ -66,6 +69,7 @@ impl Default for Config {
             port_range: (20000, 20999),
             receiver_bin: None,
             heartbeat_secs: 5,
+            receiver_stall_ms: 5000,
             secure_cookies: false,
             alerts: AlertConfig::default(),
         }
@@ -107,6 +111,9 @@ impl Config {
         }
         if self.heartbeat_secs == 0 {
             return Err("heartbeat_secs: must be at least 1".into());
+        }
+        if self.receiver_stall_ms < 100 {
+            return Err("receiver_stall_ms: must be at least 100".into());
         }
         if self.alerts.interval_ms < 10 {
             return Err("alerts.interval_ms: must be at least 10".into());

@@ -215,6 +215,14 @@ impl Receivers {
         self.lock().get(stream_id).and_then(|h| h.supervisor.pid())
     }
 
+    /// Kills a stream's receiver so that its supervisor starts a new one
+    /// (with the same secrets) after the usual backoff.
+    pub fn restart(&self, stream_id: &str) {
+        if let Some(handle) = self.lock().get(stream_id) {
+            handle.supervisor.restart();
+        }
+    }
+
     /// Stops a stream's receiver: asks it over its socket, then SIGTERM,
     /// then SIGKILL after a grace period.
     pub async fn stop(&self, stream_id: &str) {

@@ -145,6 +145,8 @@ pub struct StreamView {
     pub live_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub receiver_pid: Option<u32>,
+    /// The receiver has said `ready` and is reporting.
+    pub receiver_ready: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -289,6 +291,17 @@ impl Control {
             senders: Mutex::new(HashMap::new()),
             port_lock: tokio::sync::Mutex::new(()),
             ui,
+        });
+        let watchdog = Arc::downgrade(&control);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let Some(control) = watchdog.upgrade() else {
+                    return;
+                };
+                control.check_receivers(now_ms()).await;
+            }
         });
         let weak = Arc::downgrade(&control);
         tokio::spawn(async move {
@@ -803,6 +816,9 @@ impl Control {
     fn stream_view(&self, row: StreamRow) -> StreamView {
         StreamView {
             receiver_pid: self.receivers.pid(&row.id),
+            receiver_ready: lock(&self.runtime)
+                .get(&row.id)
+                .is_some_and(|rt| rt.receiver_ready),
             port: u16::try_from(row.port).unwrap_or(0),
             id: row.id,
             sender_id: row.sender_id,
@@ -1281,6 +1297,8 @@ impl Control {
                 tracing::info!(%stream_id, pid, "receiver ready");
                 if let Some(rt) = lock(&self.runtime).get_mut(stream_id) {
                     rt.receiver_ready = true;
+                    // Health is judged from stats; count from readiness.
+                    rt.receiver_stats_at = Some(now_ms());
                 }
                 self.maybe_live(stream_id).await;
             }
@@ -1390,6 +1408,31 @@ impl Control {
             }
         }
         Ok(())
+    }
+
+    /// Restarts receivers that stopped reporting stats (health from their
+    /// stats: a process that is alive but wedged is as good as dead).
+    async fn check_receivers(&self, now: i64) {
+        let stall = self.config.receiver_stall_ms as i64;
+        let wedged: Vec<String> = {
+            let mut runtime = lock(&self.runtime);
+            runtime
+                .iter_mut()
+                .filter(|(_, rt)| rt.receiver_ready)
+                .filter(|(_, rt)| rt.receiver_stats_at.is_some_and(|at| now - at > stall))
+                .map(|(id, rt)| {
+                    // Not again until the replacement reports.
+                    rt.receiver_ready = false;
+                    id.clone()
+                })
+                .collect()
+        };
+        for id in wedged {
+            tracing::warn!(stream_id = %id, stall_ms = stall, "receiver silent; restarting it");
+            self.receivers.restart(&id);
+            self.audit("control", "receiver.restart", &id, "no stats")
+                .await;
+        }
     }
 
     // ---- observations for metrics and alerts -----------------------------------

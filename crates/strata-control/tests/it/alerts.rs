@@ -62,6 +62,25 @@ async fn loss_and_an_offline_sender_are_delivered_by_webhook() {
         "a 32-byte key in hex"
     );
     assert_eq!(start["payload"]["receiver"]["port"], stream["port"]);
+    // The stream's key went to the agent over the socket; it is nowhere on
+    // disk (database, key files, receiver logs and sockets).
+    let psk = start["payload"]["psk"].as_str().unwrap().to_owned();
+    let mut dirs = vec![app.dir.path().to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let text = String::from_utf8_lossy(&bytes).to_lowercase();
+                assert!(
+                    !text.contains(&psk),
+                    "{} holds the stream key",
+                    path.display()
+                );
+            }
+        }
+    }
     agent
         .send("ack", json!({"in_reply_to": start["id"], "ok": true}))
         .await;

@@ -463,3 +463,62 @@ async fn a_restarted_control_plane_re_adopts_the_running_receiver() {
     .await;
     guard.0 = None;
 }
+
+#[tokio::test]
+async fn a_wedged_receiver_is_restarted_from_its_silence() {
+    use super::helpers::{enrolled_sender, spawn_app_with, WireClient};
+    let app = spawn_app_with(|c| c.receiver_stall_ms = 1500).await;
+    let admin = app.admin().await;
+    let (sender_id, key) = enrolled_sender(&app, &admin, "cam").await;
+    let dest = app.destination(&admin, "live_WEDGE_KEY_00001").await;
+    let mut agent = WireClient::login(&app.ws_url(), &sender_id, &key).await;
+    let (status, stream) = app
+        .post(
+            "/api/streams",
+            Some(&admin),
+            json!({"sender_id": sender_id, "destination_ids": [dest]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{stream}");
+    let id = stream["id"].as_str().unwrap().to_owned();
+    let start = agent.recv_type("stream.start").await;
+    agent
+        .send("ack", json!({"in_reply_to": start["id"], "ok": true}))
+        .await;
+    let live = eventually(15, "live", || async {
+        let (_, s) = app.get(&format!("/api/streams/{id}"), Some(&admin)).await;
+        (s["state"] == "live" && s["receiver_pid"].is_u64()).then_some(s)
+    })
+    .await;
+    let old = live["receiver_pid"].as_u64().unwrap() as u32;
+    let _guard = ReceiverGuard(Some(old));
+
+    // Freeze it: alive, but silent.
+    kill(old, nix::sys::signal::Signal::SIGSTOP);
+    let new = eventually(20, "a new receiver", || async {
+        let (_, s) = app.get(&format!("/api/streams/{id}"), Some(&admin)).await;
+        s["receiver_pid"]
+            .as_u64()
+            .map(|p| p as u32)
+            .filter(|p| *p != old && alive(*p))
+    })
+    .await;
+    let _new_guard = ReceiverGuard(Some(new));
+    assert!(!alive(old), "the wedged receiver was killed");
+    // The replacement says ready over its socket, and the stream never left live.
+    eventually(10, "the replacement ready", || async {
+        let (_, s) = app.get(&format!("/api/streams/{id}"), Some(&admin)).await;
+        (s["receiver_ready"] == true && s["receiver_pid"] == new).then_some(())
+    })
+    .await;
+    let (_, s) = app.get(&format!("/api/streams/{id}"), Some(&admin)).await;
+    assert_eq!(s["state"], "live");
+    let log = app.control.store().list_audit(20).await.unwrap();
+    assert!(log
+        .iter()
+        .any(|a| a.action == "receiver.restart" && a.target == id));
+    let (status, _) = app
+        .post(&format!("/api/streams/{id}/stop"), Some(&admin), json!({}))
+        .await;
+    assert_eq!(status, 200);
+}
