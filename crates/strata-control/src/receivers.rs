@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use strata_protocol::local::{line, ReceiverCommand, ReceiverEvent, ReceiverSecrets};
@@ -331,6 +331,3 @@ pub fn receiver_secrets(
             .collect(),
     }
 }
-
-/// Used by the service to share one registry.
-pub type SharedReceivers = Arc<Receivers>;

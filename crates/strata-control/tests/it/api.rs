@@ -330,3 +330,65 @@ async fn destination_keys_are_sealed_at_rest_and_never_returned() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn the_control_plane_runs_on_postgres_and_seals_keys_there_too() {
+    let pg = tokio::task::spawn_blocking(super::postgres::Postgres::start)
+        .await
+        .unwrap();
+    let url = pg.url();
+    let app = super::helpers::spawn_app_with(move |c| c.database_url = Some(url)).await;
+    assert_eq!(
+        app.control.store().backend(),
+        strata_control::store::Backend::Postgres
+    );
+    let admin = app.admin().await;
+    let viewer = app.user(&admin, "viewer@example.com", "viewer").await;
+    let key = "live_POSTGRES_PLAINTEXT_CHECK_77";
+    let dest = app.destination(&admin, key).await;
+    let (sender, _) = app.sender(&admin, "cam").await;
+    let (status, _) = app
+        .post(
+            "/api/streams",
+            Some(&viewer),
+            json!({"sender_id": sender, "destination_ids": [dest]}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, listed) = app.get("/api/destinations", Some(&viewer)).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed[0]["key_hint"], "****K_77");
+    // Look for the key in every file of the cluster (tables and WAL alike;
+    // the WAL holds each committed insert).
+    app.control.store().close().await;
+    drop(app);
+    let mut dirs = vec![pg.data_dir()];
+    let mut files = 0;
+    let mut hint_seen = false;
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files += 1;
+                hint_seen |= bytes.windows(8).any(|w| w == b"****K_77");
+                assert!(
+                    !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                    "{} holds the stream key in plain text",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 100, "the cluster's files were read ({files})");
+    // The scan does see the row: the masked hint is stored in plain text.
+    assert!(
+        hint_seen,
+        "the destination row was not found on disk at all"
+    );
+    drop(pg);
+}
