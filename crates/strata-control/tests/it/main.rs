@@ -10,4 +10,5 @@ mod enrolment;
 mod helpers;
 mod postgres;
 mod protocol;
+mod reconcile;
 mod store_contract;
