@@ -80,6 +80,7 @@ impl Control {
         }
         for stream in active.iter().filter(|s| s.state != "stopping") {
             let mut resend = false;
+            let mut rekey = false;
             {
                 let mut runtime = lock(&self.runtime);
                 let rt = runtime.entry(stream.id.clone()).or_insert_with(|| Runtime {
@@ -94,10 +95,28 @@ impl Control {
                     rt.agent_started = false;
                     rt.needs_start = true;
                     resend = true;
+                } else if rt.psk.is_none() && rt.standby.is_some() && !rt.needs_start {
+                    // An adopted receiver holds a key this process never
+                    // knew, and the agent no longer has it either: replace
+                    // the receiver (it gets the standby key) and send the
+                    // agent that key when the new one is up.
+                    rt.needs_start = true;
+                    rekey = true;
                 }
             }
             if resend {
                 self.spawn_agent_start(stream.id.clone());
+            }
+            if rekey {
+                tracing::warn!(stream_id = %stream.id, "agent lost an adopted stream; re-keying it");
+                self.receivers.restart(&stream.id);
+                self.audit(
+                    "control",
+                    "stream.rekey",
+                    &stream.id,
+                    "agent lost the stream",
+                )
+                .await;
             }
             self.maybe_live(&stream.id).await;
         }

@@ -78,6 +78,10 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), None);
     tweak(&mut config);
+    serve(config, dir).await
+}
+
+async fn serve(config: Config, dir: tempfile::TempDir) -> TestApp {
     let control = Control::open(config).await.expect("control plane opens");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -99,6 +103,24 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         dir,
         shutdown: Some(tx),
         server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Stops this control plane the way a process exits (receivers keep
+    /// running) and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> TestApp {
+        let config = self.control.config().clone();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+        self.control.detach();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        drop(self);
+        serve(config, dir).await
     }
 }
 

@@ -94,3 +94,68 @@ async fn heartbeats_and_ended_streams_reconcile_the_state() {
     // The port is free again for the next stream.
     assert!(app.control.store().ports_in_use().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn an_adopted_stream_the_agent_lost_is_re_keyed() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (sender_id, key) = enrolled_sender(&app, &admin, "cam").await;
+    let dest = app.destination(&admin, "live_REKEY_000000001").await;
+    let mut agent = WireClient::login(&app.ws_url(), &sender_id, &key).await;
+    let (_, stream) = app
+        .post(
+            "/api/streams",
+            Some(&admin),
+            json!({"sender_id": sender_id, "destination_ids": [dest]}),
+        )
+        .await;
+    let id = stream["id"].as_str().unwrap().to_owned();
+    let start = agent.recv_type("stream.start").await;
+    agent
+        .send("ack", json!({"in_reply_to": start["id"], "ok": true}))
+        .await;
+    let live = eventually(15, "live", || async {
+        let (_, s) = app.get(&format!("/api/streams/{id}"), Some(&admin)).await;
+        (s["state"] == "live").then_some(s)
+    })
+    .await;
+    let old_pid = live["receiver_pid"].as_u64().unwrap();
+
+    // The control plane restarts; the agent restarts too and lost the key.
+    drop(agent);
+    let app = app.restart().await;
+    let (_, s) = app.get(&format!("/api/streams/{id}"), Some(&admin)).await;
+    assert_eq!(
+        s["receiver_pid"].as_u64(),
+        Some(old_pid),
+        "adopted, not replaced"
+    );
+    let mut agent = WireClient::login(&app.ws_url(), &sender_id, &key).await;
+    agent
+        .send(
+            "device.status",
+            json!({"hostname": "cam", "running_streams": []}),
+        )
+        .await;
+    // A new receiver with a new key, and that key sent to the agent.
+    let again = agent.recv_type("stream.start").await;
+    assert_eq!(again["payload"]["stream_id"], id.as_str());
+    assert_ne!(
+        again["payload"]["psk"], start["payload"]["psk"],
+        "a fresh key"
+    );
+    agent
+        .send("ack", json!({"in_reply_to": again["id"], "ok": true}))
+        .await;
+    let s = eventually(15, "a new ready receiver", || async {
+        let (_, s) = app.get(&format!("/api/streams/{id}"), Some(&admin)).await;
+        (s["receiver_ready"] == true && s["receiver_pid"].as_u64().is_some_and(|p| p != old_pid))
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(s["state"], "live");
+    let (status, _) = app
+        .post(&format!("/api/streams/{id}/stop"), Some(&admin), json!({}))
+        .await;
+    assert_eq!(status, 200);
+}
