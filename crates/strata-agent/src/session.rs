@@ -275,6 +275,24 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn wss_is_supported() {
+        // A closed port: the attempt must fail on the connection, not on a
+        // missing TLS implementation.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = tokio_tungstenite::connect_async(format!("wss://127.0.0.1:{port}/agent/ws"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, tokio_tungstenite::tungstenite::Error::Io(_)),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn ws_url_follows_the_scheme() {
         assert_eq!(ws_url("http://h:1/"), "ws://h:1/agent/ws");
