@@ -129,10 +129,31 @@ async fn login(enrolment: &Enrolment, identity: &Identity) -> Result<(Conn, Dura
     }
 }
 
+/// The addresses of each interface, from getifaddrs.
+fn addresses() -> std::collections::HashMap<String, Vec<String>> {
+    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let Ok(all) = nix::ifaddrs::getifaddrs() else {
+        return out;
+    };
+    for entry in all {
+        let Some(addr) = entry.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            v4.ip().to_string()
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            v6.ip().to_string()
+        } else {
+            continue;
+        };
+        out.entry(entry.interface_name).or_default().push(ip);
+    }
+    out
+}
+
 fn interfaces() -> Vec<Interface> {
     let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
         return Vec::new();
     };
+    let mut addresses = addresses();
     let mut out: Vec<Interface> = entries
         .filter_map(Result::ok)
         .map(|e| {
@@ -140,8 +161,8 @@ fn interfaces() -> Vec<Interface> {
             let state = std::fs::read_to_string(e.path().join("operstate")).unwrap_or_default();
             Interface {
                 up: state.trim() == "up" || name == "lo",
+                addresses: addresses.remove(&name).unwrap_or_default(),
                 name,
-                addresses: Vec::new(),
             }
         })
         .collect();
@@ -291,6 +312,16 @@ mod tests {
             matches!(err, tokio_tungstenite::tungstenite::Error::Io(_)),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn loopback_is_reported_with_its_address() {
+        let lo = interfaces()
+            .into_iter()
+            .find(|i| i.name == "lo")
+            .expect("a loopback interface");
+        assert!(lo.up);
+        assert!(lo.addresses.iter().any(|a| a == "127.0.0.1"), "{lo:?}");
     }
 
     #[test]
