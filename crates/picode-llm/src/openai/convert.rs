@@ -260,7 +260,11 @@ impl Decoder for ChunkDecoder {
                     call.id = id;
                 }
                 if let Some(function) = fragment.function {
-                    if let Some(name) = function.name {
+                    // OpenAI sends the name once, in the call's first
+                    // fragment; llama.cpp's server repeats the whole name in
+                    // every fragment, which appended would read
+                    // `read_fileread_file...`.
+                    if let Some(name) = function.name.filter(|n| *n != call.name) {
                         call.name.push_str(&name);
                     }
                     if let Some(args) = function.arguments {
@@ -387,6 +391,46 @@ mod tests {
             })
         );
         assert_eq!(out[3], StreamEvent::Done(StopReason::ToolUse));
+    }
+
+    #[test]
+    fn a_name_repeated_in_every_fragment_is_taken_once() {
+        // llama-cpp-python with a forced tool: the whole name in each chunk.
+        let mut d = ChunkDecoder::new("local", 0);
+        for args in [r#"{"path""#, r#":"hello.txt"}"#] {
+            let chunk = json!({"choices":[{"index":0,"delta":{"tool_calls":[
+                {"index":0,"function":{"name":"read_file","arguments":args}}]}}]});
+            decode(&mut d, &chunk.to_string()).unwrap();
+        }
+        decode(
+            &mut d,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        d.on_eof(&mut out).unwrap();
+        assert!(
+            matches!(&out[0], StreamEvent::ToolCall { name, arguments, .. } if name == "read_file" && arguments == &json!({"path": "hello.txt"})),
+            "{out:?}"
+        );
+        // A name split over fragments (as OpenAI may) still joins.
+        let mut d = ChunkDecoder::new("local", 0);
+        for name in ["read_", "file"] {
+            let chunk = json!({"choices":[{"index":0,"delta":{"tool_calls":[
+                {"index":0,"function":{"name":name,"arguments":""}}]}}]});
+            decode(&mut d, &chunk.to_string()).unwrap();
+        }
+        decode(
+            &mut d,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        d.on_eof(&mut out).unwrap();
+        assert!(
+            matches!(&out[0], StreamEvent::ToolCall { name, .. } if name == "read_file"),
+            "{out:?}"
+        );
     }
 
     #[test]
