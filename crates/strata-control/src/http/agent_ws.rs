@@ -11,8 +11,18 @@ use tokio::sync::mpsc;
 use super::AppState;
 use crate::agents::{AgentSession, Next, LOGIN_TIMEOUT};
 
+/// Read buffer of an agent's socket. tungstenite's default is 128 KiB per
+/// socket, which made nearly all of the control plane's memory with 1,000
+/// agents (about 120 KiB each); an agent's messages are a few hundred
+/// bytes, and the buffer still grows for a larger one.
+pub const AGENT_READ_BUFFER: usize = 4 * 1024;
+
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(strata_protocol::MAX_FRAME_BYTES)
+        .read_buffer_size(AGENT_READ_BUFFER)
+        // Each message goes out when it is sent: commands are rare and
+        // small, and waiting to fill a buffer would only delay them.
+        .write_buffer_size(0)
         .on_upgrade(move |socket| serve(state, socket))
 }
 

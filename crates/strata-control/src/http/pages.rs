@@ -597,24 +597,27 @@ async fn live_socket(
         return control_error(e);
     }
     let mut events = s.control.subscribe();
-    ws.on_upgrade(move |mut socket: WebSocket| async move {
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Ok(event) => {
-                        let text = serde_json::to_string(&event).unwrap_or_default();
-                        if socket.send(WsMessage::Text(text.into())).await.is_err() {
-                            return;
+    // A browser only receives here; its socket needs no large read buffer.
+    ws.read_buffer_size(super::agent_ws::AGENT_READ_BUFFER)
+        .write_buffer_size(0)
+        .on_upgrade(move |mut socket: WebSocket| async move {
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(event) => {
+                            let text = serde_json::to_string(&event).unwrap_or_default();
+                            if socket.send(WsMessage::Text(text.into())).await.is_err() {
+                                return;
+                            }
                         }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    },
+                    incoming = socket.recv() => match incoming {
+                        Some(Ok(_)) => continue,
+                        _ => return,
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                },
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(_)) => continue,
-                    _ => return,
                 }
             }
-        }
-    })
+        })
 }
