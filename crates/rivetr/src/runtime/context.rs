@@ -59,17 +59,17 @@ impl ContextFilter {
                     }
                     has_exceptions |= negate;
                     let anchored = format!("{}/{pattern}", if negate { "!" } else { "" });
-                    builder
-                        .add_line(None, &anchored)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!(".dockerignore: {e}")))?;
+                    builder.add_line(None, &anchored).map_err(|e| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!(".dockerignore: {e}"))
+                    })?;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let ignore = builder
-            .build()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!(".dockerignore: {e}")))?;
+        let ignore = builder.build().map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!(".dockerignore: {e}"))
+        })?;
         Ok(ContextFilter {
             root: root.to_owned(),
             ignore,
@@ -95,9 +95,15 @@ impl ContextFilter {
 /// A `dockerfile` path the context can hold: relative, no `..`.
 pub(crate) fn check_dockerfile_path(dockerfile: &str) -> Result<PathBuf, String> {
     let path = Path::new(dockerfile);
-    let ok = !dockerfile.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    let ok = !dockerfile.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     if ok {
-        Ok(path.components().collect())
+        Ok(path
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect())
     } else {
         Err(format!(
             "dockerfile {dockerfile:?} must be a path inside the context directory"
@@ -131,7 +137,11 @@ pub(crate) fn tar_stream(
     (stream, task)
 }
 
-fn write_tar(root: &Path, dockerfile: &Path, tx: mpsc::Sender<io::Result<Bytes>>) -> io::Result<()> {
+fn write_tar(
+    root: &Path,
+    dockerfile: &Path,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+) -> io::Result<()> {
     let filter = ContextFilter::new(root, dockerfile)?;
     let writer = ChunkWriter {
         tx,
@@ -233,7 +243,10 @@ mod tests {
         let root = dir.path();
         for (path, body) in [
             ("Dockerfile", "FROM scratch\n"),
-            (".dockerignore", "# comment\n*.log\nbuild\n!build/keep.txt\n**/*.tmp\n"),
+            (
+                ".dockerignore",
+                "# comment\n*.log\nbuild\n!build/keep.txt\n**/*.tmp\n",
+            ),
             ("app.txt", "a"),
             ("debug.log", "x"),
             ("sub/debug.log", "kept: the pattern is anchored at the root"),
@@ -254,7 +267,14 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            [".dockerignore", "Dockerfile", "app.txt", "build/keep.txt", "sub", "sub/debug.log"]
+            [
+                ".dockerignore",
+                "Dockerfile",
+                "app.txt",
+                "build/keep.txt",
+                "sub",
+                "sub/debug.log"
+            ]
         );
     }
 

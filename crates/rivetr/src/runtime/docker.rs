@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest,
@@ -24,7 +25,6 @@ use bollard::query_parameters::{
     ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
 };
-use bollard::container::LogOutput;
 use bollard::{ClientVersion, Docker};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -32,7 +32,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::context::{check_dockerfile_path, tar_stream};
 use super::{
-    full_image_id, label_filters, parse_ip, pick_ip, strip_localhost, BuildSpec, ContainerInfo,
+    full_image_id, label_filters, parse_ip, pick_ip, short_name, BuildSpec, ContainerInfo,
     ContainerRuntime, ImageInfo, LineSplitter, LogLine, LogStream, RestartPolicy, RunSpec,
     RuntimeError, MANAGED_LABEL,
 };
@@ -58,7 +58,10 @@ impl DockerApi {
     /// `tcp://host:port`). Nothing is sent until the first call; a Unix
     /// socket that does not exist is an error at once.
     pub fn connect(host: &str) -> Result<Self, RuntimeError> {
-        let docker = if let Some(addr) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")) {
+        let docker = if let Some(addr) = host
+            .strip_prefix("tcp://")
+            .or_else(|| host.strip_prefix("http://"))
+        {
             Docker::connect_with_http(&format!("tcp://{addr}"), REQUEST_TIMEOUT_S, &API_VERSION)
         } else if host.starts_with("unix://") || host.starts_with('/') {
             Docker::connect_with_unix(host, REQUEST_TIMEOUT_S, &API_VERSION)
@@ -67,7 +70,10 @@ impl DockerApi {
                 "Docker host {host:?}: only unix:// and tcp:// are supported"
             )));
         };
-        let docker = docker.map_err(|source| RuntimeError::Api { op: "connect", source })?;
+        let docker = docker.map_err(|source| RuntimeError::Api {
+            op: "connect",
+            source,
+        })?;
         Ok(DockerApi {
             docker,
             host: host.to_owned(),
@@ -79,11 +85,17 @@ impl DockerApi {
         &self.host
     }
 
-    async fn inspect_raw(&self, id_or_name: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
+    async fn inspect_raw(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
         match self.docker.inspect_container(id_or_name, None).await {
             Ok(c) => Ok(Some(c)),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(source) => Err(RuntimeError::Api { op: "inspect container", source }),
+            Err(source) => Err(RuntimeError::Api {
+                op: "inspect container",
+                source,
+            }),
         }
     }
 }
@@ -115,8 +127,12 @@ fn container_info(c: ContainerInspectResponse, preferred_network: Option<&str>) 
     let memory_bytes = c.host_config.and_then(|h| h.memory).filter(|m| *m > 0);
     ContainerInfo {
         id: c.id.unwrap_or_default(),
-        name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
-        image: strip_localhost(&config.image.unwrap_or_default()),
+        name: c
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        image: short_name(&config.image.unwrap_or_default()),
         labels: to_btree(config.labels),
         running: c.state.and_then(|s| s.running).unwrap_or(false),
         ip: pick_ip(&networks, preferred_network),
@@ -163,7 +179,8 @@ impl LogState {
                 }
             }
             Some(Err(source)) => {
-                self.ready.push_back(Err(RuntimeError::Api { op: "logs", source }));
+                self.ready
+                    .push_back(Err(RuntimeError::Api { op: "logs", source }));
                 self.ended = true;
             }
             None => {
@@ -200,11 +217,22 @@ impl ContainerRuntime for DockerApi {
         Ok(format!("{name} {}", version.version.unwrap_or_default()))
     }
 
-    async fn build(&self, spec: &BuildSpec, log: UnboundedSender<String>) -> Result<String, RuntimeError> {
+    async fn build(
+        &self,
+        spec: &BuildSpec,
+        log: UnboundedSender<String>,
+    ) -> Result<String, RuntimeError> {
         let dockerfile = check_dockerfile_path(&spec.dockerfile).map_err(RuntimeError::Invalid)?;
-        let build_args: HashMap<&str, &str> =
-            spec.build_args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let labels: HashMap<&str, &str> = spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let build_args: HashMap<&str, &str> = spec
+            .build_args
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let labels: HashMap<&str, &str> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let options = BuildImageOptionsBuilder::new()
             .dockerfile(&dockerfile.to_string_lossy())
             .t(&spec.tag)
@@ -214,9 +242,9 @@ impl ContainerRuntime for DockerApi {
             .labels(&labels)
             .build();
         let (body, tar_task) = tar_stream(spec.context_dir.clone(), dockerfile);
-        let mut output = self
-            .docker
-            .build_image(options, None, Some(bollard::body_try_stream(body)));
+        let mut output =
+            self.docker
+                .build_image(options, None, Some(bollard::body_try_stream(body)));
         let mut failure = None;
         while let Some(item) = output.next().await {
             match item {
@@ -238,7 +266,10 @@ impl ContainerRuntime for DockerApi {
                     break;
                 }
                 Err(source) => {
-                    failure = Some(RuntimeError::Api { op: "build", source });
+                    failure = Some(RuntimeError::Api {
+                        op: "build",
+                        source,
+                    });
                     break;
                 }
             }
@@ -254,31 +285,54 @@ impl ContainerRuntime for DockerApi {
         if let Some(e) = failure {
             return Err(e);
         }
-        let image = self.docker.inspect_image(&spec.tag).await.map_err(api("inspect built image"))?;
-        image.id.map(|id| full_image_id(&id)).ok_or_else(|| RuntimeError::Decode {
-            op: "inspect built image",
-            message: "no image id".to_owned(),
-        })
+        let image = self
+            .docker
+            .inspect_image(&spec.tag)
+            .await
+            .map_err(api("inspect built image"))?;
+        image
+            .id
+            .map(|id| full_image_id(&id))
+            .ok_or_else(|| RuntimeError::Decode {
+                op: "inspect built image",
+                message: "no image id".to_owned(),
+            })
     }
 
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
         match self.docker.inspect_network(name, None).await {
             Ok(_) => return Ok(()),
             Err(e) if status_of(&e) == Some(404) => {}
-            Err(source) => return Err(RuntimeError::Api { op: "inspect network", source }),
+            Err(source) => {
+                return Err(RuntimeError::Api {
+                    op: "inspect network",
+                    source,
+                })
+            }
         }
         let request = NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".to_owned()),
             internal: Some(false),
-            labels: Some(HashMap::from([(MANAGED_LABEL.to_owned(), "true".to_owned())])),
+            labels: Some(HashMap::from([(
+                MANAGED_LABEL.to_owned(),
+                "true".to_owned(),
+            )])),
             ..Default::default()
         };
         match self.docker.create_network(request).await {
             Ok(_) => Ok(()),
-            // Created by someone else since the inspect: what was asked for.
-            Err(e) if status_of(&e) == Some(409) => Ok(()),
-            Err(source) => Err(RuntimeError::Api { op: "create network", source }),
+            Err(source) => {
+                // Created by someone else since the inspect (Docker answers
+                // 409, Podman 500): what was asked for.
+                match self.docker.inspect_network(name, None).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(RuntimeError::Api {
+                        op: "create network",
+                        source,
+                    }),
+                }
+            }
         }
     }
 
@@ -300,7 +354,12 @@ impl ContainerRuntime for DockerApi {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            labels: Some(
+                spec.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
             host_config: Some(HostConfig {
                 network_mode: Some(spec.network.clone()),
                 memory: spec.memory_bytes,
@@ -310,7 +369,9 @@ impl ContainerRuntime for DockerApi {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -319,18 +380,30 @@ impl ContainerRuntime for DockerApi {
         if let Err(source) = self.docker.start_container(&created.id, None).await {
             // Leave nothing half made behind.
             let remove = RemoveContainerOptionsBuilder::new().force(true).build();
-            let _ = self.docker.remove_container(&created.id, Some(remove)).await;
-            return Err(RuntimeError::Api { op: "start container", source });
+            let _ = self
+                .docker
+                .remove_container(&created.id, Some(remove))
+                .await;
+            return Err(RuntimeError::Api {
+                op: "start container",
+                source,
+            });
         }
-        let inspected = self.inspect_raw(&created.id).await?.ok_or_else(|| RuntimeError::NotFound {
-            kind: "container",
-            name: spec.name.clone(),
-        })?;
+        let inspected =
+            self.inspect_raw(&created.id)
+                .await?
+                .ok_or_else(|| RuntimeError::NotFound {
+                    kind: "container",
+                    name: spec.name.clone(),
+                })?;
         Ok(container_info(inspected, Some(&spec.network)))
     }
 
     async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
-        Ok(self.inspect_raw(id_or_name).await?.map(|c| container_info(c, None)))
+        Ok(self
+            .inspect_raw(id_or_name)
+            .await?
+            .map(|c| container_info(c, None)))
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>, RuntimeError> {
@@ -361,13 +434,21 @@ impl ContainerRuntime for DockerApi {
             // 304: already stopped; 404: already gone.
             Ok(()) => {}
             Err(e) if matches!(status_of(&e), Some(304 | 404)) => {}
-            Err(source) => return Err(RuntimeError::Api { op: "stop container", source }),
+            Err(source) => {
+                return Err(RuntimeError::Api {
+                    op: "stop container",
+                    source,
+                })
+            }
         }
         let remove = RemoveContainerOptionsBuilder::new().force(true).build();
         match self.docker.remove_container(id_or_name, Some(remove)).await {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(source) => Err(RuntimeError::Api { op: "remove container", source }),
+            Err(source) => Err(RuntimeError::Api {
+                op: "remove container",
+                source,
+            }),
         }
     }
 
@@ -418,13 +499,22 @@ impl ContainerRuntime for DockerApi {
         match self.docker.inspect_image(tag).await {
             Ok(_) => Ok(true),
             Err(e) if status_of(&e) == Some(404) => Ok(false),
-            Err(source) => Err(RuntimeError::Api { op: "inspect image", source }),
+            Err(source) => Err(RuntimeError::Api {
+                op: "inspect image",
+                source,
+            }),
         }
     }
 
     async fn list_images(&self, labels: &[(&str, &str)]) -> Result<Vec<ImageInfo>, RuntimeError> {
-        let options = ListImagesOptionsBuilder::new().filters(&filters(labels)).build();
-        let images = self.docker.list_images(Some(options)).await.map_err(api("list images"))?;
+        let options = ListImagesOptionsBuilder::new()
+            .filters(&filters(labels))
+            .build();
+        let images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(api("list images"))?;
         Ok(images
             .into_iter()
             .map(|i| ImageInfo {
@@ -433,7 +523,7 @@ impl ContainerRuntime for DockerApi {
                     .repo_tags
                     .iter()
                     .filter(|t| t.as_str() != "<none>:<none>")
-                    .map(|t| strip_localhost(t))
+                    .map(|t| short_name(t))
                     .collect(),
                 labels: i.labels.into_iter().collect(),
                 created: i.created,
@@ -443,10 +533,17 @@ impl ContainerRuntime for DockerApi {
 
     async fn remove_image(&self, tag_or_id: &str) -> Result<(), RuntimeError> {
         let options = RemoveImageOptionsBuilder::new().build();
-        match self.docker.remove_image(tag_or_id, Some(options), None).await {
+        match self
+            .docker
+            .remove_image(tag_or_id, Some(options), None)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(source) => Err(RuntimeError::Api { op: "remove image", source }),
+            Err(source) => Err(RuntimeError::Api {
+                op: "remove image",
+                source,
+            }),
         }
     }
 }

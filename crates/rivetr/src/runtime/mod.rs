@@ -31,8 +31,8 @@
 //!   They are not for secrets either way: the engine records them in the
 //!   image's history.
 //!
-//! Common to both: tags without a registry are reported without the
-//! `localhost/` Podman puts before them, image ids always carry the
+//! Common to both: tags without a registry are reported as Docker shows
+//! them, without the `localhost/` or `docker.io/` Podman puts before them, image ids always carry the
 //! `sha256:` prefix, and container names never the leading `/` of the
 //! Docker API.
 //!
@@ -41,8 +41,8 @@
 //! router reaches containers by their address on the private network) and
 //! never pulls images.
 
-pub mod docker;
 mod context;
+pub mod docker;
 pub mod podman;
 
 use std::collections::BTreeMap;
@@ -152,7 +152,7 @@ pub struct ContainerInfo {
 pub struct ImageInfo {
     /// `sha256:<hex>`.
     pub id: String,
-    /// Without Podman's `localhost/` before unqualified names.
+    /// As Docker shows them: without Podman's `localhost/` or `docker.io/`.
     pub tags: Vec<String>,
     pub labels: BTreeMap<String, String>,
     /// Seconds since the Unix epoch.
@@ -352,10 +352,15 @@ fn label_filters(labels: &[(&str, &str)]) -> Vec<String> {
     labels.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// Podman stores unqualified names under `localhost/`; report them as
-/// given.
-fn strip_localhost(name: &str) -> String {
-    name.strip_prefix("localhost/").unwrap_or(name).to_owned()
+/// Names as Docker shows them: Podman's CLI stores unqualified names under
+/// `localhost/`, and its compatibility API under `docker.io/`, which Docker
+/// itself leaves out when it shows a name.
+fn short_name(name: &str) -> String {
+    ["localhost/", "docker.io/library/", "docker.io/"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))
+        .unwrap_or(name)
+        .to_owned()
 }
 
 /// Image ids as `sha256:<hex>`, whichever form the engine answered.
@@ -446,8 +451,10 @@ mod tests {
     fn ids_and_names_are_normalised() {
         assert_eq!(full_image_id("abc"), "sha256:abc");
         assert_eq!(full_image_id("sha256:abc"), "sha256:abc");
-        assert_eq!(strip_localhost("localhost/rivetr/web:1"), "rivetr/web:1");
-        assert_eq!(strip_localhost("quay.io/x:1"), "quay.io/x:1");
+        assert_eq!(short_name("localhost/rivetr/web:1"), "rivetr/web:1");
+        assert_eq!(short_name("docker.io/rivetr/web:1"), "rivetr/web:1");
+        assert_eq!(short_name("docker.io/library/web:1"), "web:1");
+        assert_eq!(short_name("quay.io/x:1"), "quay.io/x:1");
     }
 
     #[test]

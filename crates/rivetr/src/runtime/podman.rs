@@ -29,7 +29,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::context::check_dockerfile_path;
 use super::{
-    full_image_id, parse_ip, pick_ip, strip_localhost, BuildSpec, ContainerInfo, ContainerRuntime,
+    full_image_id, parse_ip, pick_ip, short_name, BuildSpec, ContainerInfo, ContainerRuntime,
     ImageInfo, LogLine, LogStream, RestartPolicy, RunSpec, RuntimeError, MANAGED_LABEL,
 };
 
@@ -43,7 +43,9 @@ pub struct PodmanCli {
 
 impl PodmanCli {
     pub fn new(binary: impl Into<PathBuf>) -> Self {
-        PodmanCli { binary: binary.into() }
+        PodmanCli {
+            binary: binary.into(),
+        }
     }
 
     fn command<I, S>(&self, args: I) -> Command
@@ -90,9 +92,15 @@ impl PodmanCli {
         }
     }
 
-    async fn inspect_one(&self, id_or_name: &str) -> Result<Option<InspectedContainer>, RuntimeError> {
+    async fn inspect_one(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<InspectedContainer>, RuntimeError> {
         let out = self
-            .output("inspect container", ["container", "inspect", "--format", "json", "--", id_or_name])
+            .output(
+                "inspect container",
+                ["container", "inspect", "--format", "json", "--", id_or_name],
+            )
             .await?;
         if !out.status.success() {
             let message = error_message(&String::from_utf8_lossy(&out.stderr));
@@ -110,7 +118,10 @@ impl PodmanCli {
 
     async fn image_id(&self, tag: &str) -> Result<String, RuntimeError> {
         let out = self
-            .run_ok("inspect image", ["image", "inspect", "--format", "{{.Id}}", "--", tag])
+            .run_ok(
+                "inspect image",
+                ["image", "inspect", "--format", "{{.Id}}", "--", tag],
+            )
             .await?;
         Ok(full_image_id(String::from_utf8_lossy(&out).trim()))
     }
@@ -119,7 +130,11 @@ impl PodmanCli {
 /// The reason a `podman` command gave: its last `Error:` line, else its
 /// last line.
 fn error_message(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     lines
         .iter()
         .rev()
@@ -129,7 +144,10 @@ fn error_message(stderr: &str) -> String {
         .to_owned()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(op: &'static str, bytes: &[u8]) -> Result<T, RuntimeError> {
+fn decode<T: serde::de::DeserializeOwned>(
+    op: &'static str,
+    bytes: &[u8],
+) -> Result<T, RuntimeError> {
     serde_json::from_slice(bytes).map_err(|e| RuntimeError::Decode {
         op,
         message: e.to_string(),
@@ -199,7 +217,7 @@ fn container_info(c: InspectedContainer, preferred_network: Option<&str>) -> Con
     ContainerInfo {
         id: c.id,
         name: c.name.trim_start_matches('/').to_owned(),
-        image: strip_localhost(&c.image_name),
+        image: short_name(&c.image_name),
         labels: c.config.labels.unwrap_or_default(),
         running: c.state.running,
         ip: pick_ip(&networks, preferred_network),
@@ -237,26 +255,33 @@ fn env_file(env: &[(String, String)]) -> Result<tempfile::NamedTempFile, Runtime
     for (name, value) in env {
         writeln!(file, "{name}={value}").map_err(|e| RuntimeError::io("writing an env file", e))?;
     }
-    file.flush().map_err(|e| RuntimeError::io("writing an env file", e))?;
+    file.flush()
+        .map_err(|e| RuntimeError::io("writing an env file", e))?;
     Ok(file)
 }
 
 /// Lines of a child's pipe as a stream.
-fn pipe_lines<R>(pipe: Option<R>, stream: LogStream) -> BoxStream<'static, Result<LogLine, RuntimeError>>
+fn pipe_lines<R>(
+    pipe: Option<R>,
+    stream: LogStream,
+) -> BoxStream<'static, Result<LogLine, RuntimeError>>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let Some(pipe) = pipe else {
         return futures_util::stream::empty().boxed();
     };
-    futures_util::stream::unfold(Some(BufReader::new(pipe).lines()), move |lines| async move {
-        let mut lines = lines?;
-        match lines.next_line().await {
-            Ok(Some(text)) => Some((Ok(LogLine { stream, text }), Some(lines))),
-            Ok(None) => None,
-            Err(e) => Some((Err(RuntimeError::io("reading podman logs", e)), None)),
-        }
-    })
+    futures_util::stream::unfold(
+        Some(BufReader::new(pipe).lines()),
+        move |lines| async move {
+            let mut lines = lines?;
+            match lines.next_line().await {
+                Ok(Some(text)) => Some((Ok(LogLine { stream, text }), Some(lines))),
+                Ok(None) => None,
+                Err(e) => Some((Err(RuntimeError::io("reading podman logs", e)), None)),
+            }
+        },
+    )
     .boxed()
 }
 
@@ -277,12 +302,18 @@ impl ContainerRuntime for PodmanCli {
         struct Client {
             version: String,
         }
-        let out = self.run_ok("version", ["version", "--format", "json"]).await?;
+        let out = self
+            .run_ok("version", ["version", "--format", "json"])
+            .await?;
         let version: Version = decode("version", &out)?;
         Ok(format!("Podman {}", version.client.version))
     }
 
-    async fn build(&self, spec: &BuildSpec, log: UnboundedSender<String>) -> Result<String, RuntimeError> {
+    async fn build(
+        &self,
+        spec: &BuildSpec,
+        log: UnboundedSender<String>,
+    ) -> Result<String, RuntimeError> {
         let dockerfile = check_dockerfile_path(&spec.dockerfile).map_err(RuntimeError::Invalid)?;
         let mut args: Vec<std::ffi::OsString> = vec!["build".into(), "--file".into()];
         args.push(spec.context_dir.join(&dockerfile).into());
@@ -327,7 +358,9 @@ impl ContainerRuntime for PodmanCli {
     }
 
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
-        let exists = self.output("network exists", ["network", "exists", "--", name]).await?;
+        let exists = self
+            .output("network exists", ["network", "exists", "--", name])
+            .await?;
         if exists.status.success() {
             return Ok(());
         }
@@ -335,14 +368,18 @@ impl ContainerRuntime for PodmanCli {
         let created = self
             .output(
                 "create network",
-                ["network", "create", "--driver", "bridge", "--label", &label, "--", name],
+                [
+                    "network", "create", "--driver", "bridge", "--label", &label, "--", name,
+                ],
             )
             .await?;
         if created.status.success() {
             return Ok(());
         }
         // Made by someone else in between: what was asked for.
-        let again = self.output("network exists", ["network", "exists", "--", name]).await?;
+        let again = self
+            .output("network exists", ["network", "exists", "--", name])
+            .await?;
         if again.status.success() {
             return Ok(());
         }
@@ -387,18 +424,26 @@ impl ContainerRuntime for PodmanCli {
         drop(env);
         let id = String::from_utf8_lossy(&created?).trim().to_owned();
         if let Err(e) = self.run_ok("start container", ["start", "--", &id]).await {
-            let _ = self.output("remove container", ["rm", "--force", "--ignore", "--", &id]).await;
+            let _ = self
+                .output("remove container", ["rm", "--force", "--ignore", "--", &id])
+                .await;
             return Err(e);
         }
-        let inspected = self.inspect_one(&id).await?.ok_or_else(|| RuntimeError::NotFound {
-            kind: "container",
-            name: spec.name.clone(),
-        })?;
+        let inspected = self
+            .inspect_one(&id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound {
+                kind: "container",
+                name: spec.name.clone(),
+            })?;
         Ok(container_info(inspected, Some(&spec.network)))
     }
 
     async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
-        Ok(self.inspect_one(id_or_name).await?.map(|c| container_info(c, None)))
+        Ok(self
+            .inspect_one(id_or_name)
+            .await?
+            .map(|c| container_info(c, None)))
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>, RuntimeError> {
@@ -412,7 +457,11 @@ impl ContainerRuntime for PodmanCli {
         args.extend(label_args(labels));
         let out = self.run_ok("list containers", &args).await?;
         let mut result = Vec::new();
-        for id in String::from_utf8_lossy(&out).lines().map(str::trim).filter(|l| !l.is_empty()) {
+        for id in String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
             if let Some(c) = self.inspect_one(id).await? {
                 result.push(container_info(c, None));
             }
@@ -422,10 +471,16 @@ impl ContainerRuntime for PodmanCli {
 
     async fn stop_and_remove(&self, id_or_name: &str, grace: Duration) -> Result<(), RuntimeError> {
         let secs = grace.as_secs().to_string();
-        self.run_ok("stop container", ["stop", "--ignore", "--time", &secs, "--", id_or_name])
-            .await?;
-        self.run_ok("remove container", ["rm", "--ignore", "--force", "--", id_or_name])
-            .await?;
+        self.run_ok(
+            "stop container",
+            ["stop", "--ignore", "--time", &secs, "--", id_or_name],
+        )
+        .await?;
+        self.run_ok(
+            "remove container",
+            ["rm", "--ignore", "--force", "--", id_or_name],
+        )
+        .await?;
         Ok(())
     }
 
@@ -464,7 +519,9 @@ impl ContainerRuntime for PodmanCli {
     }
 
     async fn image_exists(&self, tag: &str) -> Result<bool, RuntimeError> {
-        let out = self.output("image exists", ["image", "exists", "--", tag]).await?;
+        let out = self
+            .output("image exists", ["image", "exists", "--", tag])
+            .await?;
         match out.status.code() {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
@@ -476,7 +533,11 @@ impl ContainerRuntime for PodmanCli {
     }
 
     async fn list_images(&self, labels: &[(&str, &str)]) -> Result<Vec<ImageInfo>, RuntimeError> {
-        let mut args = vec!["images".to_owned(), "--format".to_owned(), "json".to_owned()];
+        let mut args = vec![
+            "images".to_owned(),
+            "--format".to_owned(),
+            "json".to_owned(),
+        ];
         args.extend(label_args(labels));
         let out = self.run_ok("list images", &args).await?;
         let images: Vec<ListedImage> = decode("list images", &out)?;
@@ -484,7 +545,12 @@ impl ContainerRuntime for PodmanCli {
             .into_iter()
             .map(|i| ImageInfo {
                 id: full_image_id(&i.id),
-                tags: i.names.unwrap_or_default().iter().map(|t| strip_localhost(t)).collect(),
+                tags: i
+                    .names
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| short_name(t))
+                    .collect(),
                 labels: i.labels.unwrap_or_default(),
                 created: i.created,
             })
@@ -492,7 +558,8 @@ impl ContainerRuntime for PodmanCli {
     }
 
     async fn remove_image(&self, tag_or_id: &str) -> Result<(), RuntimeError> {
-        self.run_ok("remove image", ["rmi", "--ignore", "--", tag_or_id]).await?;
+        self.run_ok("remove image", ["rmi", "--ignore", "--", tag_or_id])
+            .await?;
         Ok(())
     }
 }
@@ -504,7 +571,10 @@ mod tests {
     #[test]
     fn error_message_prefers_the_error_line() {
         let stderr = "STEP 2/2: RUN x\nerror running container: exit status 1\nError: building at STEP \"RUN x\": exit status 1\n";
-        assert_eq!(error_message(stderr), "building at STEP \"RUN x\": exit status 1");
+        assert_eq!(
+            error_message(stderr),
+            "building at STEP \"RUN x\": exit status 1"
+        );
         assert_eq!(error_message("something odd\n"), "something odd");
         assert_eq!(error_message(""), "failed without a message");
     }
@@ -515,7 +585,10 @@ mod tests {
         let file = env_file(&[("A".into(), "1 2".into()), ("B".into(), "x=y".into())]).unwrap();
         let mode = std::fs::metadata(file.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(std::fs::read_to_string(file.path()).unwrap(), "A=1 2\nB=x=y\n");
+        assert_eq!(
+            std::fs::read_to_string(file.path()).unwrap(),
+            "A=1 2\nB=x=y\n"
+        );
         let path = file.path().to_owned();
         drop(file);
         assert!(!path.exists());

@@ -16,8 +16,8 @@ use rivetr::runtime::{
 use tokio::sync::mpsc;
 
 use crate::support::podman::{
-    http_get, network_labels, podman_binary, podman_socket, unique, write_context, write_web_context,
-    Janitor,
+    http_get, network_labels, podman_binary, podman_socket, unique, write_context,
+    write_web_context, Janitor,
 };
 
 /// Label every object of one test carries, so listing by it finds exactly
@@ -93,7 +93,10 @@ fn web_spec(test_id: &str, image: &str, network: &str) -> RunSpec {
     RunSpec {
         name: test_id.to_owned(),
         image: image.to_owned(),
-        env: vec![("GREETING".into(), format!("hello {test_id} with spaces=and equals"))],
+        env: vec![(
+            "GREETING".into(),
+            format!("hello {test_id} with spaces=and equals"),
+        )],
         labels: BTreeMap::from([
             (MANAGED_LABEL.to_owned(), "true".to_owned()),
             (TEST_LABEL.to_owned(), test_id.to_owned()),
@@ -118,7 +121,9 @@ async fn build_streams_output_and_applies_args_and_labels(rt: Arc<dyn ContainerR
 
     assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
     assert!(
-        lines.iter().any(|l| l.contains("COPY busybox /bin/busybox")),
+        lines
+            .iter()
+            .any(|l| l.contains("COPY busybox /bin/busybox")),
         "no step line among {lines:?}"
     );
     assert!(rt.image_exists(&tag).await.unwrap());
@@ -128,26 +133,47 @@ async fn build_streams_output_and_applies_args_and_labels(rt: Arc<dyn ContainerR
     let image = &images[0];
     assert_eq!(image.id, id);
     assert_eq!(image.tags, vec![tag.clone()]);
-    assert_eq!(image.labels.get(MANAGED_LABEL).map(String::as_str), Some("true"));
+    assert_eq!(
+        image.labels.get(MANAGED_LABEL).map(String::as_str),
+        Some("true")
+    );
     // The build argument reached the Dockerfile's `LABEL version=$VERSION`.
-    assert_eq!(image.labels.get("version").map(String::as_str), Some("v-build"));
+    assert_eq!(
+        image.labels.get("version").map(String::as_str),
+        Some("v-build")
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    assert!((now - image.created).abs() < 600, "created {}", image.created);
+    assert!(
+        (now - image.created).abs() < 600,
+        "created {}",
+        image.created
+    );
 
     // Listing by a label no image has finds nothing.
-    let none = rt.list_images(&[(TEST_LABEL, "no-such-test")]).await.unwrap();
+    let none = rt
+        .list_images(&[(TEST_LABEL, "no-such-test")])
+        .await
+        .unwrap();
     assert!(none.is_empty(), "{none:?}");
 
     rt.remove_image(&tag).await.unwrap();
     assert!(!rt.image_exists(&tag).await.unwrap());
-    assert!(rt.list_images(&[(TEST_LABEL, &test_id)]).await.unwrap().is_empty());
+    assert!(rt
+        .list_images(&[(TEST_LABEL, &test_id)])
+        .await
+        .unwrap()
+        .is_empty());
     rt.remove_image(&tag).await.unwrap();
 }
 
-async fn expect_build_error(rt: &dyn ContainerRuntime, dockerfile: Option<&str>, janitor: &mut Janitor) -> String {
+async fn expect_build_error(
+    rt: &dyn ContainerRuntime,
+    dockerfile: Option<&str>,
+    janitor: &mut Janitor,
+) -> String {
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("rivetr-test/{}:1", unique("fail"));
     janitor.image(&tag);
@@ -185,8 +211,16 @@ async fn build_failures_carry_the_engines_reason(rt: Arc<dyn ContainerRuntime>) 
     .await;
     assert!(failing.contains("exit status 1"), "failing RUN: {failing}");
 
-    let syntax = expect_build_error(rt.as_ref(), Some("FROM scratch\nFROBNICATE now\n"), &mut janitor).await;
-    assert!(syntax.to_lowercase().contains("frobnicate"), "bad syntax: {syntax}");
+    let syntax = expect_build_error(
+        rt.as_ref(),
+        Some("FROM scratch\nFROBNICATE now\n"),
+        &mut janitor,
+    )
+    .await;
+    assert!(
+        syntax.to_lowercase().contains("frobnicate"),
+        "bad syntax: {syntax}"
+    );
 }
 
 async fn ensure_network_is_idempotent_and_labelled(rt: Arc<dyn ContainerRuntime>) {
@@ -195,7 +229,10 @@ async fn ensure_network_is_idempotent_and_labelled(rt: Arc<dyn ContainerRuntime>
     janitor.network(&name);
     rt.ensure_network(&name).await.unwrap();
     rt.ensure_network(&name).await.unwrap();
-    assert_eq!(network_labels(&name).get(MANAGED_LABEL).map(String::as_str), Some("true"));
+    assert_eq!(
+        network_labels(&name).get(MANAGED_LABEL).map(String::as_str),
+        Some("true")
+    );
     // Two at once, as two deployments of one app might.
     let other = unique("rivetr-net");
     janitor.network(&other);
@@ -227,13 +264,19 @@ async fn run_serves_on_the_private_network(rt: Arc<dyn ContainerRuntime>) {
     janitor.container(&spec.name);
     let secret = spec.env[0].1.clone();
     let info = rt.run(&spec).await.unwrap();
-    assert!(!in_any_argv(&secret), "an environment value showed in a process's argv");
+    assert!(
+        !in_any_argv(&secret),
+        "an environment value showed in a process's argv"
+    );
 
     assert!(info.running);
     assert_eq!(info.name, spec.name);
     assert_eq!(info.image, tag);
     assert_eq!(info.labels.get(TEST_LABEL), Some(&test_id));
-    assert_eq!(info.labels.get(MANAGED_LABEL).map(String::as_str), Some("true"));
+    assert_eq!(
+        info.labels.get(MANAGED_LABEL).map(String::as_str),
+        Some("true")
+    );
     assert_eq!(info.memory_bytes, Some(64 * 1024 * 1024));
     let ip = info.ip.expect("an address on the network");
     assert_eq!(info.networks.get(&network), Some(&Some(ip)));
@@ -241,12 +284,20 @@ async fn run_serves_on_the_private_network(rt: Arc<dyn ContainerRuntime>) {
     // Reached from the host at its address on the private network, no
     // published port.
     let addr = SocketAddr::new(ip, 8080);
-    let body = http_get(addr, "/version", Duration::from_secs(15)).await.unwrap();
+    let body = http_get(addr, "/version", Duration::from_secs(15))
+        .await
+        .unwrap();
     assert_eq!(body, version);
-    let env = http_get(addr, "/env", Duration::from_secs(5)).await.unwrap();
+    let env = http_get(addr, "/env", Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(env.trim_end(), secret);
 
-    let inspected = rt.inspect(&spec.name).await.unwrap().expect("inspect by name");
+    let inspected = rt
+        .inspect(&spec.name)
+        .await
+        .unwrap()
+        .expect("inspect by name");
     assert_eq!(inspected.id, info.id);
     assert_eq!(inspected.ip, Some(ip));
     assert_eq!(inspected.memory_bytes, info.memory_bytes);
@@ -257,17 +308,28 @@ async fn run_serves_on_the_private_network(rt: Arc<dyn ContainerRuntime>) {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].id, info.id);
     assert_eq!(listed[0].ip, Some(ip));
-    let managed = rt.list(&[(MANAGED_LABEL, "true"), (TEST_LABEL, &test_id)]).await.unwrap();
+    let managed = rt
+        .list(&[(MANAGED_LABEL, "true"), (TEST_LABEL, &test_id)])
+        .await
+        .unwrap();
     assert_eq!(managed.len(), 1, "labels combine with AND: {managed:?}");
-    assert!(rt.list(&[(TEST_LABEL, &test_id), ("other", "x")]).await.unwrap().is_empty());
+    assert!(rt
+        .list(&[(TEST_LABEL, &test_id), ("other", "x")])
+        .await
+        .unwrap()
+        .is_empty());
 
     // A second run under the same name is refused while the first exists.
     assert!(rt.run(&spec).await.is_err());
 
-    rt.stop_and_remove(&spec.name, Duration::from_secs(2)).await.unwrap();
+    rt.stop_and_remove(&spec.name, Duration::from_secs(2))
+        .await
+        .unwrap();
     assert_eq!(rt.inspect(&spec.name).await.unwrap(), None);
     assert!(rt.list(&[(TEST_LABEL, &test_id)]).await.unwrap().is_empty());
-    rt.stop_and_remove(&spec.name, Duration::from_secs(2)).await.unwrap();
+    rt.stop_and_remove(&spec.name, Duration::from_secs(2))
+        .await
+        .unwrap();
 
     // Stopped containers are listed too.
     let stopped = RunSpec {
@@ -285,7 +347,9 @@ async fn run_serves_on_the_private_network(rt: Arc<dyn ContainerRuntime>) {
     let listed = rt.list(&[(TEST_LABEL, &test_id)]).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert!(!listed[0].running);
-    rt.stop_and_remove(&info.id, Duration::from_secs(1)).await.unwrap();
+    rt.stop_and_remove(&info.id, Duration::from_secs(1))
+        .await
+        .unwrap();
 }
 
 fn tick_number(line: &LogLine) -> Option<u32> {
@@ -320,8 +384,16 @@ async fn logs_tail_and_follow(rt: Arc<dyn ContainerRuntime>) {
         }),
         "{all:?}"
     );
-    assert!(all.iter().any(|l| l.stream == LogStream::Stdout && l.text == "tick 1"), "{all:?}");
-    assert!(all.iter().any(|l| l.stream == LogStream::Stderr && l.text == "warn 1"), "{all:?}");
+    assert!(
+        all.iter()
+            .any(|l| l.stream == LogStream::Stdout && l.text == "tick 1"),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|l| l.stream == LogStream::Stderr && l.text == "warn 1"),
+        "{all:?}"
+    );
     let seen = all.iter().filter_map(tick_number).max().unwrap();
 
     let tail: Vec<_> = rt
@@ -332,7 +404,10 @@ async fn logs_tail_and_follow(rt: Arc<dyn ContainerRuntime>) {
         .collect()
         .await;
     assert!(!tail.is_empty() && tail.len() <= 2, "tail 2: {tail:?}");
-    assert!(!tail.iter().any(|l| l.text == "started"), "tail 2: {tail:?}");
+    assert!(
+        !tail.iter().any(|l| l.text == "started"),
+        "tail 2: {tail:?}"
+    );
 
     // Following gets lines written after the call.
     let mut follow = rt.logs(&spec.name, true, Some(0)).await.unwrap();
@@ -352,10 +427,14 @@ async fn logs_tail_and_follow(rt: Arc<dyn ContainerRuntime>) {
 
     // A followed log ends when the container goes.
     let mut follow = rt.logs(&spec.name, true, Some(0)).await.unwrap();
-    rt.stop_and_remove(&spec.name, Duration::from_secs(2)).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(20), async { while follow.next().await.is_some() {} })
+    rt.stop_and_remove(&spec.name, Duration::from_secs(2))
         .await
-        .expect("the followed log ends with its container");
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while follow.next().await.is_some() {}
+    })
+    .await
+    .expect("the followed log ends with its container");
 
     match rt.logs(&spec.name, false, None).await {
         Err(RuntimeError::NotFound { .. }) => {}
@@ -367,9 +446,16 @@ async fn logs_tail_and_follow(rt: Arc<dyn ContainerRuntime>) {
 async fn absent_objects_are_not_errors(rt: Arc<dyn ContainerRuntime>) {
     let name = unique("absent");
     assert_eq!(rt.inspect(&name).await.unwrap(), None);
-    rt.stop_and_remove(&name, Duration::from_secs(1)).await.unwrap();
-    assert!(!rt.image_exists(&format!("rivetr-test/{name}:1")).await.unwrap());
-    rt.remove_image(&format!("rivetr-test/{name}:1")).await.unwrap();
+    rt.stop_and_remove(&name, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(!rt
+        .image_exists(&format!("rivetr-test/{name}:1"))
+        .await
+        .unwrap());
+    rt.remove_image(&format!("rivetr-test/{name}:1"))
+        .await
+        .unwrap();
     assert!(rt.list(&[(TEST_LABEL, &name)]).await.unwrap().is_empty());
 }
 

@@ -68,7 +68,8 @@ pub fn podman_socket() -> String {
 /// The `podman` binary (after [`podman_socket`] made sure it is installed).
 pub fn podman_binary() -> PathBuf {
     podman_socket();
-    rivetr::runtime::podman_on_path().expect("podman is not on PATH; install it with: apt-get install -y podman")
+    rivetr::runtime::podman_on_path()
+        .expect("podman is not on PATH; install it with: apt-get install -y podman")
 }
 
 /// A name no other test (or earlier run) uses: `prefix-<pid><n><time>`.
@@ -134,7 +135,10 @@ async fn get_once(addr: SocketAddr, path: &str) -> Result<String, String> {
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
         .await
@@ -154,7 +158,11 @@ pub fn network_labels(name: &str) -> BTreeMap<String, String> {
         .args(["network", "inspect", "--format", "{{json .Labels}}", name])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice::<Option<BTreeMap<String, String>>>(&out.stdout)
         .unwrap()
         .unwrap_or_default()
@@ -201,7 +209,10 @@ impl Drop for Janitor {
                 .stderr(std::process::Stdio::null())
                 .status();
         };
-        run(&["rm", "--force", "--ignore", "--time", "0"], &self.containers);
+        run(
+            &["rm", "--force", "--ignore", "--time", "0"],
+            &self.containers,
+        );
         for image in &self.images {
             run(&["rmi", "--force", "--ignore"], std::slice::from_ref(image));
         }
