@@ -256,11 +256,13 @@ impl ContainerRuntime for DockerApi {
                     }
                 }
                 Err(BollardError::DockerStreamError { error }) => {
-                    let _ = log.send(error.clone());
-                    failure = Some(RuntimeError::Build { message: error });
+                    let message = error.trim_end().to_owned();
+                    let _ = log.send(message.clone());
+                    failure = Some(RuntimeError::Build { message });
                     break;
                 }
                 Err(BollardError::DockerResponseServerError { message, .. }) => {
+                    let message = message.trim_end().to_owned();
                     let _ = log.send(message.clone());
                     failure = Some(RuntimeError::Build { message });
                     break;

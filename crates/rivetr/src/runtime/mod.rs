@@ -18,11 +18,11 @@
 //! tried.
 //!
 //! Both behave the same as far as the trait says; the integration tests run
-//! one set of tests against each. Known differences:
-//! - The API path sends the build context as a tar made here (honouring a
-//!   `.dockerignore`, always leaving `.git` out); the CLI hands the context
-//!   directory to `podman build`, which applies `.dockerignore` itself but
-//!   does not leave `.git` out on its own.
+//! one set of tests against each. Where they differ underneath:
+//! - The API path sends the build context as a tar made here; the CLI
+//!   hands the directory to `podman build`. Both leave out what the
+//!   context's `.dockerignore` names, and `.git` always (the CLI through an
+//!   `--ignorefile` holding the context's patterns plus `.git`).
 //! - Environment values reach the CLI through an env file (mode 0600,
 //!   removed as soon as the container is created), never argv; that format
 //!   cannot carry a newline, so the CLI refuses values holding one, which the
@@ -32,9 +32,9 @@
 //!   image's history.
 //!
 //! Common to both: tags without a registry are reported as Docker shows
-//! them, without the `localhost/` or `docker.io/` Podman puts before them, image ids always carry the
-//! `sha256:` prefix, and container names never the leading `/` of the
-//! Docker API.
+//! them, without the `localhost/` or `docker.io/` Podman puts before them;
+//! image ids always carry the `sha256:` prefix, and container names never
+//! the leading `/` of the Docker API.
 //!
 //! This module does not decide anything about deployments: no names, no
 //! health checks, no routing, no retries. It never publishes ports (the
@@ -304,6 +304,10 @@ pub fn podman_on_path() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// How long [`connect`] waits for one place to answer: a socket whose
+/// daemon hangs must not stall the search.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects to the first engine that answers, looking where
 /// [`default_hosts`] says, then falling back to the Podman CLI.
 pub async fn connect(docker_host: Option<&str>) -> Result<Arc<dyn ContainerRuntime>, RuntimeError> {
@@ -321,12 +325,13 @@ pub async fn connect_with(
     let mut tried = Vec::new();
     for host in hosts {
         match docker::DockerApi::connect(host) {
-            Ok(api) => match api.ping().await {
-                Ok(version) => {
+            Ok(api) => match tokio::time::timeout(PING_TIMEOUT, api.ping()).await {
+                Ok(Ok(version)) => {
                     tracing::debug!(host, version, "container engine API answers");
                     return Ok(Arc::new(api));
                 }
-                Err(e) => tried.push(format!("{host} ({e})")),
+                Ok(Err(e)) => tried.push(format!("{host} ({e})")),
+                Err(_) => tried.push(format!("{host} (no answer within {PING_TIMEOUT:?})")),
             },
             Err(e) => tried.push(format!("{host} ({e})")),
         }
@@ -334,12 +339,16 @@ pub async fn connect_with(
     match podman {
         Some(binary) => {
             let cli = podman::PodmanCli::new(binary.clone());
-            match cli.ping().await {
-                Ok(version) => {
+            match tokio::time::timeout(PING_TIMEOUT, cli.ping()).await {
+                Ok(Ok(version)) => {
                     tracing::debug!(binary = %binary.display(), version, "using the podman CLI");
                     return Ok(Arc::new(cli));
                 }
-                Err(e) => tried.push(format!("podman CLI {} ({e})", binary.display())),
+                Ok(Err(e)) => tried.push(format!("podman CLI {} ({e})", binary.display())),
+                Err(_) => tried.push(format!(
+                    "podman CLI {} (no answer within {PING_TIMEOUT:?})",
+                    binary.display()
+                )),
             }
         }
         None => tried.push("podman CLI (no podman binary on PATH)".to_owned()),

@@ -9,6 +9,10 @@
 //! returned) and passed as `--env-file`. That format has one variable per
 //! line, so a value holding a newline is refused here.
 //!
+//! Builds hand the context directory to `podman build` with an
+//! `--ignorefile` holding the context's `.dockerignore` plus `.git`, so the
+//! same files reach the build as through the API path.
+//!
 //! This does not parse Podman's human-readable output, except the last
 //! `Error:` line of a failed command, which becomes the error's message. It
 //! does not pull images or publish ports.
@@ -260,6 +264,29 @@ fn env_file(env: &[(String, String)]) -> Result<tempfile::NamedTempFile, Runtime
     Ok(file)
 }
 
+/// The context's `.dockerignore` with `.git` added, for `--ignorefile`, so
+/// the CLI sends what the API path sends.
+fn ignore_file(context_dir: &std::path::Path) -> Result<tempfile::NamedTempFile, RuntimeError> {
+    let mut text = match std::fs::read_to_string(context_dir.join(".dockerignore")) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(RuntimeError::io("reading .dockerignore", e)),
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    // Last, so no exception in the file brings it back.
+    text.push_str(".git\n");
+    let mut file = tempfile::Builder::new()
+        .prefix("rivetr-ignore-")
+        .tempfile()
+        .map_err(|e| RuntimeError::io("creating an ignore file", e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|e| RuntimeError::io("writing an ignore file", e))?;
+    Ok(file)
+}
+
 /// Lines of a child's pipe as a stream.
 fn pipe_lines<R>(
     pipe: Option<R>,
@@ -324,6 +351,8 @@ impl ContainerRuntime for PodmanCli {
         for (k, v) in &spec.labels {
             args.extend(["--label".into(), format!("{k}={v}").into()]);
         }
+        let ignore = ignore_file(&spec.context_dir)?;
+        args.extend(["--ignorefile".into(), ignore.path().into()]);
         args.extend(["--".into(), spec.context_dir.clone().into()]);
 
         let mut child = self

@@ -16,7 +16,7 @@ use rivetr::runtime::{
 use tokio::sync::mpsc;
 
 use crate::support::podman::{
-    http_get, network_labels, podman_binary, podman_socket, unique, write_context,
+    http_get, http_status, network_labels, podman_binary, podman_socket, unique, write_context,
     write_web_context, Janitor,
 };
 
@@ -61,6 +61,7 @@ both_runtimes!(
     build_failures_carry_the_engines_reason,
     ensure_network_is_idempotent_and_labelled,
     run_serves_on_the_private_network,
+    build_context_leaves_out_ignored_files,
     logs_tail_and_follow,
     absent_objects_are_not_errors,
 );
@@ -81,7 +82,9 @@ async fn build_web(
     spec.labels.insert(MANAGED_LABEL.into(), "true".into());
     spec.labels.insert(TEST_LABEL.into(), test_id.into());
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let started = std::time::Instant::now();
     let id = rt.build(&spec, tx).await.expect("build");
+    eprintln!("{}: build of {tag} took {:?}", rt.kind(), started.elapsed());
     let mut lines = Vec::new();
     while let Ok(line) = rx.try_recv() {
         lines.push(line);
@@ -185,6 +188,7 @@ async fn expect_build_error(
     let (tx, _rx) = mpsc::unbounded_channel();
     match rt.build(&spec, tx).await {
         Err(RuntimeError::Build { message }) => {
+            eprintln!("{}: build error: {message}", rt.kind());
             assert!(!message.trim().is_empty());
             assert!(!rt.image_exists(&tag).await.unwrap());
             message
@@ -263,7 +267,9 @@ async fn run_serves_on_the_private_network(rt: Arc<dyn ContainerRuntime>) {
     let spec = web_spec(&test_id, &tag, &network);
     janitor.container(&spec.name);
     let secret = spec.env[0].1.clone();
+    let started = std::time::Instant::now();
     let info = rt.run(&spec).await.unwrap();
+    let ran = started.elapsed();
     assert!(
         !in_any_argv(&secret),
         "an environment value showed in a process's argv"
@@ -287,6 +293,11 @@ async fn run_serves_on_the_private_network(rt: Arc<dyn ContainerRuntime>) {
     let body = http_get(addr, "/version", Duration::from_secs(15))
         .await
         .unwrap();
+    eprintln!(
+        "{}: run took {ran:?}, first HTTP 200 after {:?}",
+        rt.kind(),
+        started.elapsed()
+    );
     assert_eq!(body, version);
     let env = http_get(addr, "/env", Duration::from_secs(5))
         .await
@@ -347,6 +358,74 @@ async fn run_serves_on_the_private_network(rt: Arc<dyn ContainerRuntime>) {
     let listed = rt.list(&[(TEST_LABEL, &test_id)]).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert!(!listed[0].running);
+    rt.stop_and_remove(&info.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+}
+
+async fn build_context_leaves_out_ignored_files(rt: Arc<dyn ContainerRuntime>) {
+    let mut janitor = Janitor::new();
+    let test_id = unique("ctx");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_context(
+        root,
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         COPY . /www\n\
+         CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    );
+    for (path, body) in [
+        (
+            ".dockerignore",
+            "# secrets stay home\nsecret.txt\nlogs\n!logs/keep.log\n",
+        ),
+        ("version", "ctx"),
+        ("secret.txt", "s3cret"),
+        ("logs/a.log", "a"),
+        ("logs/keep.log", "kept"),
+        (".git/HEAD", "ref: refs/heads/main"),
+        (
+            "sub/secret.txt",
+            "anchored at the root, so this one is sent",
+        ),
+    ] {
+        std::fs::create_dir_all(root.join(path).parent().unwrap()).unwrap();
+        std::fs::write(root.join(path), body).unwrap();
+    }
+    let tag = format!("rivetr-test/{test_id}:1");
+    janitor.image(&tag);
+    let mut build = BuildSpec::new(root, &tag);
+    build.labels.insert(TEST_LABEL.into(), test_id.clone());
+    let (tx, _rx) = mpsc::unbounded_channel();
+    rt.build(&build, tx).await.unwrap();
+
+    let network = unique("rivetr-net");
+    janitor.network(&network);
+    rt.ensure_network(&network).await.unwrap();
+    let spec = RunSpec {
+        env: Vec::new(),
+        ..web_spec(&test_id, &tag, &network)
+    };
+    janitor.container(&spec.name);
+    let info = rt.run(&spec).await.unwrap();
+    let addr = SocketAddr::new(info.ip.unwrap(), 8080);
+    assert_eq!(
+        http_get(addr, "/version", Duration::from_secs(15))
+            .await
+            .unwrap(),
+        "ctx"
+    );
+    for (path, status) in [
+        ("/secret.txt", 404),
+        ("/logs/a.log", 404),
+        ("/logs/keep.log", 200),
+        ("/.git/HEAD", 404),
+        ("/sub/secret.txt", 200),
+        ("/Dockerfile", 200),
+    ] {
+        assert_eq!(http_status(addr, path).await.unwrap(), status, "{path}");
+    }
     rt.stop_and_remove(&info.id, Duration::from_secs(1))
         .await
         .unwrap();

@@ -129,7 +129,25 @@ pub async fn http_get(addr: SocketAddr, path: &str, within: Duration) -> Result<
     Err(format!("GET http://{addr}{path}: {last}"))
 }
 
+/// The status code of `GET path` to `addr` (one try).
+pub async fn http_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let (head, _) = exchange(addr, path).await?;
+    head.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))
+}
+
 async fn get_once(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let (head, body) = exchange(addr, path).await?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_owned());
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.0 exchange: the response's head and body.
+async fn exchange(addr: SocketAddr, path: &str) -> Result<(String, String), String> {
     let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .map_err(|_| "connect timed out".to_owned())?
@@ -146,10 +164,7 @@ async fn get_once(addr: SocketAddr, path: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("no end of head")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or_default().to_owned());
-    }
-    Ok(body.to_owned())
+    Ok((head.to_owned(), body.to_owned()))
 }
 
 /// Labels of a network, as `podman network inspect` reports them.
