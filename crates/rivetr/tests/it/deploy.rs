@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{AppRepo, Server};
+use crate::support::rivetr::{AppRepo, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_redeploy_under_load_rollback_and_a_failed_health_check() {

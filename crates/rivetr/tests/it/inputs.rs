@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{AppRepo, Server};
+use crate::support::rivetr::{AppRepo, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_fails_clearly_and_leaves_the_running_app_alone() {

@@ -1,9 +1,10 @@
-//! Rivetr's integration tests: the real `rivetr` binary against the real
-//! container engine (Podman's Docker-compatible API, started by
-//! `scripts/start-podman`), real git repositories and real HTTP.
+//! Rivetr's integration tests: the container runtimes against real Podman
+//! (its Docker-compatible API and its CLI), and the real `rivetr` binary
+//! deploying real git repositories behind its router.
 
 mod support;
 
 mod deploy;
 mod inputs;
 mod restart;
+mod runtime;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{AppRepo, Server};
+use crate::support::rivetr::{AppRepo, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_cut_by_kill_9_resumes_after_a_restart_and_orphans_go() {

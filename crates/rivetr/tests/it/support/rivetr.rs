@@ -5,25 +5,15 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Starts Podman's API once per test binary through the project's script.
-pub fn container_engine() {
-    static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/start-podman");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "scripts/start-podman failed (it installs podman, runc and busybox-static with apt-get):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+use super::podman::unique;
+
+/// Podman's API, started by the project's script; its address.
+pub fn container_engine() -> String {
+    super::podman::podman_socket()
 }
 
 pub fn busybox() -> PathBuf {
@@ -33,16 +23,6 @@ pub fn busybox() -> PathBuf {
         "/bin/busybox missing: apt-get install -y busybox-static"
     );
     p
-}
-
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A git repository of a test app.
@@ -125,7 +105,7 @@ impl Server {
         container_engine();
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().to_owned();
-        let network = unique("rvt-net-");
+        let network = unique("rvt-net");
         let mut s = Server::start_in(&state, &network, None);
         s._dir = Some(dir);
         s
@@ -147,11 +127,12 @@ impl Server {
             ),
         )
         .unwrap();
-        let stderr_log = state.join(format!("stderr-{}.log", unique("")));
+        let stderr_log = state.join(format!("{}.log", unique("stderr")));
         let mut child = Command::new(env!("CARGO_BIN_EXE_rivetr"))
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("RIVETR_TOKEN")
+            .env("DOCKER_HOST", container_engine())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap())
             .spawn()
