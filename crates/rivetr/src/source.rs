@@ -301,7 +301,7 @@ mod tests {
         let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
         let sig = git2::Signature::now("t", "t@example.test").unwrap();
         let parents: Vec<git2::Commit> = repo
-            .head()
+            .find_reference("refs/heads/main")
             .ok()
             .and_then(|h| h.peel_to_commit().ok())
             .into_iter()
@@ -434,9 +434,12 @@ mod tests {
         let mut inner = repo.treebuilder(None).unwrap();
         inner.insert("config", hook, 0o100644).unwrap();
         let inner = inner.write().unwrap();
-        let mut root = repo.treebuilder(None).unwrap();
-        root.insert(".git", inner, 0o040000).unwrap();
-        let tree = repo.find_tree(root.write().unwrap()).unwrap();
+        // libgit2's tree builder refuses the name, so the tree object is
+        // written raw, as a hostile server would send it.
+        let mut raw = b"40000 .git\0".to_vec();
+        raw.extend_from_slice(inner.as_bytes());
+        let root = repo.odb().unwrap().write(ObjectType::Tree, &raw).unwrap();
+        let tree = repo.find_tree(root).unwrap();
         let sig = git2::Signature::now("t", "t@example.test").unwrap();
         let oid = repo
             .commit(Some("refs/heads/main"), &sig, &sig, "evil", &tree, &[])

@@ -122,8 +122,7 @@ async fn deploy_redeploy_under_load_rollback_and_a_failed_health_check() {
     );
     assert_eq!(api.deployment(d1).await["status"], "superseded");
     // Only the new deployment's container is left.
-    let names = server.containers_of("web");
-    assert_eq!(names, vec![format!("rivetr-web-d{d2}-r0")], "{names:?}");
+    server.wait_containers("web", &[format!("rivetr-web-d{d2}-r0")]).await;
 
     // Rollback: back to v1's image, no build.
     let (status, rb) = api

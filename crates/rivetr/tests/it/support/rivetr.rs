@@ -150,7 +150,7 @@ impl Server {
             .unwrap();
         // "rivetr: API on http://ADDR, router on ADDR"
         let api = first
-            .split("API on ")
+            .split("API on http://")
             .nth(1)
             .unwrap()
             .split(',')
@@ -234,6 +234,20 @@ impl Server {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Waits (up to 30 s) until the app's containers are exactly `names`:
+    /// an old version is stopped after its requests drained.
+    pub async fn wait_containers(&self, app: &str, names: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.containers_of(app);
+            if now == names {
+                return;
+            }
+            assert!(Instant::now() < deadline, "containers of {app}: {now:?}, expected {names:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops the server and removes what it created in the engine.
