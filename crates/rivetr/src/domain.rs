@@ -317,7 +317,7 @@ pub struct RepoConfig {
     #[serde(default)]
     pub resources: Resources,
     #[serde(default = "default_replicas")]
-    pub replicas: u8,
+    pub replicas: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -359,7 +359,7 @@ fn default_port() -> u16 {
 fn default_dockerfile() -> String {
     "Dockerfile".into()
 }
-fn default_replicas() -> u8 {
+fn default_replicas() -> u32 {
     1
 }
 fn default_health_path() -> String {
@@ -373,7 +373,7 @@ fn default_health_interval() -> u64 {
 }
 
 /// Upper bounds a repository cannot exceed.
-pub const MAX_REPLICAS: u8 = 10;
+pub const MAX_REPLICAS: u32 = 10;
 pub const MAX_HEALTH_TIMEOUT_SECS: u64 = 600;
 
 impl Default for RepoConfig {
@@ -393,8 +393,18 @@ impl Default for RepoConfig {
 impl RepoConfig {
     /// Parses and checks a `rivetr.toml`. Errors name the key.
     pub fn parse(text: &str) -> Result<RepoConfig, Invalid> {
-        let config: RepoConfig = toml::from_str(text)
-            .map_err(|e| Invalid::new("rivetr.toml", e.message().to_owned()))?;
+        let config: RepoConfig = toml::from_str(text).map_err(|e| {
+            // toml's message does not name the key; the line it sits on does.
+            let at = match e.span() {
+                Some(span) => {
+                    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                    format!(" at line {line_no} (`{line}`)")
+                }
+                None => String::new(),
+            };
+            Invalid::new("rivetr.toml", format!("{}{at}", e.message()))
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -574,11 +584,14 @@ mod tests {
             ("[health]\npath = \"up\"", "health.path"),
             ("[env]\n\"A B\" = \"x\"", "env"),
             ("surprise = 1", "rivetr.toml"),
+            ("port = \"x\"", "rivetr.toml"),
             ("[resources]\ncpus = -1.0", "resources.cpus"),
         ];
         for (text, key) in cases {
             let err = RepoConfig::parse(text).unwrap_err();
             assert!(err.field.contains(key), "{text}: {err}");
         }
+        let err = RepoConfig::parse("\n\nport = \"x\"").unwrap_err();
+        assert!(err.reason.contains("line 3 (`port = \"x\"`)"), "{err}");
     }
 }

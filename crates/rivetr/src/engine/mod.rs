@@ -478,7 +478,7 @@ impl Engine {
         &self,
         app: &App,
         deployment: i64,
-        replica: u8,
+        replica: u32,
         image: &str,
         config: &RepoConfig,
         env: Vec<(String, String)>,
@@ -773,7 +773,7 @@ pub fn image_tag(app: &str, deployment: i64) -> String {
     format!("rivetr/{app}:d{deployment}")
 }
 
-pub fn container_name(app: &str, deployment: i64, replica: u8) -> String {
+pub fn container_name(app: &str, deployment: i64, replica: u32) -> String {
     format!("rivetr-{app}-d{deployment}-r{replica}")
 }
 

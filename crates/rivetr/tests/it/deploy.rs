@@ -122,7 +122,9 @@ async fn deploy_redeploy_under_load_rollback_and_a_failed_health_check() {
     );
     assert_eq!(api.deployment(d1).await["status"], "superseded");
     // Only the new deployment's container is left.
-    server.wait_containers("web", &[format!("rivetr-web-d{d2}-r0")]).await;
+    server
+        .wait_containers("web", &[format!("rivetr-web-d{d2}-r0")])
+        .await;
 
     // Rollback: back to v1's image, no build.
     let (status, rb) = api

@@ -245,7 +245,10 @@ impl Server {
             if now == names {
                 return;
             }
-            assert!(Instant::now() < deadline, "containers of {app}: {now:?}, expected {names:?}");
+            assert!(
+                Instant::now() < deadline,
+                "containers of {app}: {now:?}, expected {names:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
