@@ -174,7 +174,7 @@ async fn load_app(state: &ApiState, name: &str) -> ApiResult<App> {
         .store
         .app(name.as_str())
         .await?
-        .ok_or_else(|| ApiError::not_found(&format!("app {name:?}")))
+        .ok_or_else(|| ApiError::not_found(&format!("app {:?}", name.as_str())))
 }
 
 async fn app_json(state: &ApiState, app: &App, history: i64) -> ApiResult<Value> {
@@ -300,7 +300,7 @@ async fn create_app(
     if state.engine.store.app(name.as_str()).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("app {name:?} exists already"),
+            format!("app {:?} exists already", name.as_str()),
         ));
     }
     let app = state

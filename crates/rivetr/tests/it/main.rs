@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cli;
 mod deploy;
 mod inputs;
 mod restart;
