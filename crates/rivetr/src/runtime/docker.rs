@@ -89,13 +89,26 @@ impl DockerApi {
         &self,
         id_or_name: &str,
     ) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
-        match self.docker.inspect_container(id_or_name, None).await {
-            Ok(c) => Ok(Some(c)),
-            Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(source) => Err(RuntimeError::Api {
-                op: "inspect container",
-                source,
-            }),
+        // Podman reports some passing states bollard's model does not know
+        // (`"stopped"`, seen while another client stopped and removed the
+        // container); the answer cannot be read until the state moves on.
+        let mut unreadable_tries = 0;
+        loop {
+            match self.docker.inspect_container(id_or_name, None).await {
+                Ok(c) => return Ok(Some(c)),
+                Err(e) if status_of(&e) == Some(404) => return Ok(None),
+                Err(BollardError::JsonDataError { message, .. }) if unreadable_tries < 30 => {
+                    tracing::debug!(container = id_or_name, message, "inspect unreadable; again");
+                    unreadable_tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(source) => {
+                    return Err(RuntimeError::Api {
+                        op: "inspect container",
+                        source,
+                    })
+                }
+            }
         }
     }
 }
@@ -276,16 +289,21 @@ impl ContainerRuntime for DockerApi {
                 }
             }
         }
+        // Dropping the request stops the tar writer if it is still going.
         drop(output);
-        // A context that could not be read explains a failure better than
-        // whatever the engine made of the cut-off tar.
-        match tar_task.await {
-            Ok(Err(e)) => return Err(RuntimeError::io("build context", e)),
-            Ok(Ok(())) => {}
-            Err(e) => return Err(RuntimeError::io("build context", std::io::Error::other(e))),
-        }
-        if let Some(e) = failure {
-            return Err(e);
+        let tar_result = tar_task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match (tar_result, failure) {
+            // A context that could not be read explains a failure better
+            // than whatever the engine made of the cut-off tar.
+            (Err(e), _) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(RuntimeError::io("build context", e))
+            }
+            // The engine stopped reading because the build had failed.
+            (_, Some(failure)) => return Err(failure),
+            (Err(e), None) => return Err(RuntimeError::io("build context", e)),
+            (Ok(()), None) => {}
         }
         let image = self
             .docker
