@@ -8,6 +8,11 @@
 //! step as an `errorDetail` message or an error status, both turned into
 //! [`RuntimeError::Build`] carrying the engine's message.
 //!
+//! Bollard's models are strict about enumerations, and Podman sometimes
+//! reports a passing container state they do not list (`"stopped"`, while
+//! another client stops and removes the container): reads of containers are
+//! tried again for up to 3 s before the error is returned.
+//!
 //! This does not speak TLS (no `https://` Docker hosts: bollard's TLS
 //! features would bring a second TLS stack), pull images or publish ports.
 
@@ -431,11 +436,24 @@ impl ContainerRuntime for DockerApi {
             .all(true)
             .filters(&filters(labels))
             .build();
-        let summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(api("list containers"))?;
+        // The summaries carry a state too, which may be one bollard cannot
+        // read for a moment (see `inspect_raw`).
+        let mut unreadable_tries = 0;
+        let summaries = loop {
+            match self.docker.list_containers(Some(options.clone())).await {
+                Ok(summaries) => break summaries,
+                Err(BollardError::JsonDataError { .. }) if unreadable_tries < 30 => {
+                    unreadable_tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(source) => {
+                    return Err(RuntimeError::Api {
+                        op: "list containers",
+                        source,
+                    })
+                }
+            }
+        };
         // The summaries lack the memory limit and, on Podman, the addresses:
         // inspect each so `list` and `inspect` report the same things.
         let mut out = Vec::with_capacity(summaries.len());
