@@ -8,6 +8,11 @@
 //! step as an `errorDetail` message or an error status, both turned into
 //! [`RuntimeError::Build`] carrying the engine's message.
 //!
+//! Bollard's models are strict about enumerations, and Podman sometimes
+//! reports a passing container state they do not list (`"stopped"`, while
+//! another client stops and removes the container): reads of containers are
+//! tried again for up to 3 s before the error is returned.
+//!
 //! This does not speak TLS (no `https://` Docker hosts: bollard's TLS
 //! features would bring a second TLS stack), pull images or publish ports.
 
@@ -89,13 +94,26 @@ impl DockerApi {
         &self,
         id_or_name: &str,
     ) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
-        match self.docker.inspect_container(id_or_name, None).await {
-            Ok(c) => Ok(Some(c)),
-            Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(source) => Err(RuntimeError::Api {
-                op: "inspect container",
-                source,
-            }),
+        // Podman reports some passing states bollard's model does not know
+        // (`"stopped"`, seen while another client stopped and removed the
+        // container); the answer cannot be read until the state moves on.
+        let mut unreadable_tries = 0;
+        loop {
+            match self.docker.inspect_container(id_or_name, None).await {
+                Ok(c) => return Ok(Some(c)),
+                Err(e) if status_of(&e) == Some(404) => return Ok(None),
+                Err(BollardError::JsonDataError { message, .. }) if unreadable_tries < 30 => {
+                    tracing::debug!(container = id_or_name, message, "inspect unreadable; again");
+                    unreadable_tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(source) => {
+                    return Err(RuntimeError::Api {
+                        op: "inspect container",
+                        source,
+                    })
+                }
+            }
         }
     }
 }
@@ -276,16 +294,21 @@ impl ContainerRuntime for DockerApi {
                 }
             }
         }
+        // Dropping the request stops the tar writer if it is still going.
         drop(output);
-        // A context that could not be read explains a failure better than
-        // whatever the engine made of the cut-off tar.
-        match tar_task.await {
-            Ok(Err(e)) => return Err(RuntimeError::io("build context", e)),
-            Ok(Ok(())) => {}
-            Err(e) => return Err(RuntimeError::io("build context", std::io::Error::other(e))),
-        }
-        if let Some(e) = failure {
-            return Err(e);
+        let tar_result = tar_task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match (tar_result, failure) {
+            // A context that could not be read explains a failure better
+            // than whatever the engine made of the cut-off tar.
+            (Err(e), _) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(RuntimeError::io("build context", e))
+            }
+            // The engine stopped reading because the build had failed.
+            (_, Some(failure)) => return Err(failure),
+            (Err(e), None) => return Err(RuntimeError::io("build context", e)),
+            (Ok(()), None) => {}
         }
         let image = self
             .docker
@@ -413,11 +436,24 @@ impl ContainerRuntime for DockerApi {
             .all(true)
             .filters(&filters(labels))
             .build();
-        let summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(api("list containers"))?;
+        // The summaries carry a state too, which may be one bollard cannot
+        // read for a moment (see `inspect_raw`).
+        let mut unreadable_tries = 0;
+        let summaries = loop {
+            match self.docker.list_containers(Some(options.clone())).await {
+                Ok(summaries) => break summaries,
+                Err(BollardError::JsonDataError { .. }) if unreadable_tries < 30 => {
+                    unreadable_tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(source) => {
+                    return Err(RuntimeError::Api {
+                        op: "list containers",
+                        source,
+                    })
+                }
+            }
+        };
         // The summaries lack the memory limit and, on Podman, the addresses:
         // inspect each so `list` and `inspect` report the same things.
         let mut out = Vec::with_capacity(summaries.len());

@@ -344,7 +344,9 @@ impl ContainerRuntime for PodmanCli {
         let dockerfile = check_dockerfile_path(&spec.dockerfile).map_err(RuntimeError::Invalid)?;
         let mut args: Vec<std::ffi::OsString> = vec!["build".into(), "--file".into()];
         args.push(spec.context_dir.join(&dockerfile).into());
-        args.extend(["--tag".into(), spec.tag.clone().into()]);
+        // As the API path asks (`forcerm`): no build container is left
+        // behind, even when a step fails.
+        args.extend(["--tag".into(), spec.tag.clone().into(), "--force-rm".into()]);
         for (k, v) in &spec.build_args {
             args.extend(["--build-arg".into(), format!("{k}={v}").into()]);
         }

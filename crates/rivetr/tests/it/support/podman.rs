@@ -229,7 +229,10 @@ impl Drop for Janitor {
             &self.containers,
         );
         for image in &self.images {
-            run(&["rmi", "--force", "--ignore"], std::slice::from_ref(image));
+            // Not forced: a forced removal also removes containers using
+            // the image, and a concurrent build may be using it as a cache
+            // layer. Built contexts are unique per test, so this is rare.
+            run(&["rmi", "--ignore"], std::slice::from_ref(image));
         }
         run(&["network", "rm", "--force"], &self.networks);
     }
