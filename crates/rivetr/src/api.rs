@@ -717,6 +717,10 @@ async fn app_logs(
         .engine
         .runtime
         .list(&[
+            (
+                crate::engine::INSTANCE_LABEL,
+                state.engine.settings.instance.as_str(),
+            ),
             (crate::engine::APP_LABEL, app.name.as_str()),
             (crate::engine::DEPLOYMENT_LABEL, &running.id.to_string()),
         ])

@@ -70,6 +70,7 @@ pub async fn run(
     } else {
         None
     };
+    let instance = store.instance_id().await?;
     let router = Arc::new(Router::new());
     let engine = Engine::new(
         store,
@@ -80,6 +81,7 @@ pub async fn run(
             data_dir: config.data_dir.clone(),
             base_domain: config.base_domain.clone(),
             network: config.network.clone(),
+            instance,
             max_concurrent: config.max_concurrent_builds,
             keep_images: config.keep_images,
             drain_timeout: Duration::from_secs(config.drain_timeout_secs),

@@ -623,6 +623,24 @@ impl Store {
         Ok(())
     }
 
+    /// This installation's id, made at first use.
+    pub async fn instance_id(&self) -> Result<String, StoreError> {
+        let fresh = hex::encode(secrets::random_bytes::<6>().map_err(|e| StoreError::File {
+            path: "random source".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?);
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('instance', ?) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&fresh)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE key = 'instance'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("value")?)
+    }
+
     // ----------------------------------------------------------- tokens --
 
     pub async fn add_token(&self, token: &ApiToken, now: i64) -> Result<(), StoreError> {

@@ -32,6 +32,9 @@ use logs::{LogEvent, LogHub};
 
 pub const APP_LABEL: &str = "rivetr.app";
 pub const DEPLOYMENT_LABEL: &str = "rivetr.deployment";
+/// Which Rivetr installation owns a container or image: the orphan sweep
+/// and pruning never touch another's.
+pub const INSTANCE_LABEL: &str = "rivetr.instance";
 
 /// Settings of the engine, from the server's config.
 #[derive(Debug, Clone)]
@@ -42,6 +45,8 @@ pub struct EngineSettings {
     pub base_domain: String,
     /// The private network containers join.
     pub network: String,
+    /// This installation's id (see [`INSTANCE_LABEL`]).
+    pub instance: String,
     /// Builds running at once across all apps.
     pub max_concurrent: usize,
     /// Good images kept per app for rollbacks.
@@ -371,7 +376,7 @@ impl Engine {
                 .map_err(|e| Failed(e.to_string()))??;
         }
         let tag = image_tag(&app.name, dep.id);
-        let mut labels = managed_labels(&app.name);
+        let mut labels = managed_labels(&self.settings.instance, &app.name);
         labels.insert(DEPLOYMENT_LABEL.into(), dep.id.to_string());
         let spec = BuildSpec {
             context_dir: context.path().to_owned(),
@@ -483,7 +488,7 @@ impl Engine {
         config: &RepoConfig,
         env: Vec<(String, String)>,
     ) -> Result<ContainerInfo, Failed> {
-        let mut labels = managed_labels(&app.name);
+        let mut labels = managed_labels(&self.settings.instance, &app.name);
         labels.insert(DEPLOYMENT_LABEL.into(), deployment.to_string());
         let name = container_name(&app.name, deployment, replica);
         // A leftover of an interrupted attempt would block the name.
@@ -533,7 +538,14 @@ impl Engine {
         }
         // Everything of this app that is not the new deployment goes.
         let keep = deployment.to_string();
-        for c in self.runtime.list(&[(APP_LABEL, &app.name)]).await? {
+        for c in self
+            .runtime
+            .list(&[
+                (INSTANCE_LABEL, &self.settings.instance),
+                (APP_LABEL, &app.name),
+            ])
+            .await?
+        {
             if c.labels.get(DEPLOYMENT_LABEL) != Some(&keep) {
                 self.runtime
                     .stop_and_remove(&c.id, self.settings.stop_grace)
@@ -578,7 +590,14 @@ impl Engine {
                     }
                 }
             }
-            for image in self.runtime.list_images(&[(APP_LABEL, &app.name)]).await? {
+            for image in self
+                .runtime
+                .list_images(&[
+                    (INSTANCE_LABEL, &self.settings.instance),
+                    (APP_LABEL, &app.name),
+                ])
+                .await?
+            {
                 if !image.tags.iter().any(|t| {
                     keep.contains(t)
                         || keep.contains(&format!("localhost/{t}"))
@@ -602,7 +621,10 @@ impl Engine {
         if let Some(old) = self.router.remove(&app.name) {
             self.drain(old).await;
         }
-        let labels = [(APP_LABEL, app.name.as_str())];
+        let labels = [
+            (INSTANCE_LABEL, self.settings.instance.as_str()),
+            (APP_LABEL, app.name.as_str()),
+        ];
         for c in self
             .runtime
             .list(&labels)
@@ -653,7 +675,10 @@ impl Engine {
             .map_err(|e| e.to_string())?;
         let existing = self
             .runtime
-            .list(&[(MANAGED_LABEL, "true")])
+            .list(&[
+                (MANAGED_LABEL, "true"),
+                (INSTANCE_LABEL, &self.settings.instance),
+            ])
             .await
             .map_err(|e| e.to_string())?;
         let mut wanted: HashSet<String> = HashSet::new();
@@ -777,9 +802,10 @@ pub fn container_name(app: &str, deployment: i64, replica: u32) -> String {
     format!("rivetr-{app}-d{deployment}-r{replica}")
 }
 
-fn managed_labels(app: &str) -> BTreeMap<String, String> {
+fn managed_labels(instance: &str, app: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_LABEL.to_owned(), "true".to_owned()),
+        (INSTANCE_LABEL.to_owned(), instance.to_owned()),
         (APP_LABEL.to_owned(), app.to_owned()),
     ])
 }

@@ -62,6 +62,17 @@ async fn a_deploy_cut_by_kill_9_resumes_after_a_restart_and_orphans_go() {
     // A container Rivetr owns that no deployment claims is removed, and a
     // missing replica is recreated, at the next start.
     again.kill9();
+    let instance = std::process::Command::new("podman")
+        .args([
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"rivetr.instance\"}}",
+            &format!("rivetr-slow-d{d}-r0"),
+        ])
+        .output()
+        .unwrap();
+    let instance = String::from_utf8_lossy(&instance.stdout).trim().to_owned();
+    assert!(!instance.is_empty());
     let out = std::process::Command::new("podman")
         .args(["rm", "-f", "-t", "0", &format!("rivetr-slow-d{d}-r0")])
         .output()
