@@ -629,37 +629,28 @@ async fn deployment_logs(
         .deployment(id)
         .await?
         .ok_or_else(|| ApiError::not_found(&format!("deployment {id}")))?;
-    // Subscribe before reading the stored lines, then skip what was read:
-    // no line is lost between the two.
-    let live = if q.follow {
-        state.engine.logs.subscribe(id)
-    } else {
-        None
-    };
+    // Subscribe before reading the stored lines and the status, then skip
+    // what was read: no line and no end is lost between them.
+    let live = q.follow.then(|| state.engine.logs.subscribe(id));
     let stored = state.engine.store.log_lines(id, 0).await?;
+    let dep = state.engine.store.deployment(id).await?.unwrap_or(dep);
     let next = stored.last().map(|(s, _)| s + 1).unwrap_or(0);
     let past = stream::iter(
         stored
             .into_iter()
             .map(|(seq, text)| Ok(sse_event(&LogEvent::Line { seq, text }))),
     );
-    let store = state.engine.store.clone();
     let tail: BoxStream<'static, Result<Event, Infallible>> = match live {
-        Some(rx) => {
-            let live = tokio_stream_from(rx, next);
-            live.boxed()
-        }
-        None => {
-            // Nobody is working on it: its log is complete; say how it ended.
-            let end = async move {
-                let dep = store.deployment(id).await.ok().flatten();
-                let (status, reason) = dep
-                    .map(|d| (d.status.as_str().to_owned(), d.reason))
-                    .unwrap_or((String::from("unknown"), None));
-                Ok(sse_event(&LogEvent::End { status, reason }))
-            };
-            if q.follow || dep.status.is_final() {
-                stream::once(end).boxed()
+        Some(rx) if !dep.status.is_final() => tokio_stream_from(rx, next).boxed(),
+        live => {
+            drop(live);
+            state.engine.logs.forget_ended(id);
+            if dep.status.is_final() {
+                let end = LogEvent::End {
+                    status: dep.status.as_str().to_owned(),
+                    reason: dep.reason.clone(),
+                };
+                stream::once(async move { Ok(sse_event(&end)) }).boxed()
             } else {
                 stream::empty().boxed()
             }

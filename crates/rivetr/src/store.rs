@@ -30,8 +30,10 @@ pub enum StoreError {
     Duplicate(&'static str),
 }
 
-const MIGRATIONS: &[db::EmbeddedMigration] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[db::EmbeddedMigration] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "meta", include_str!("../migrations/0002_meta.sql")),
+];
 
 /// A stored app.
 #[derive(Debug, Clone, serde::Serialize)]

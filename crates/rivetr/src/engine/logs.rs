@@ -30,10 +30,22 @@ impl LogHub {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Follows a deployment; `None` when nobody is working on it (its log
-    /// in the store is then complete).
-    pub fn subscribe(&self, deployment: i64) -> Option<broadcast::Receiver<LogEvent>> {
-        self.lock().get(&deployment).map(|s| s.subscribe())
+    /// Follows a deployment, whether its worker started yet or not (the
+    /// worker takes up the same channel).
+    pub fn subscribe(&self, deployment: i64) -> broadcast::Receiver<LogEvent> {
+        self.open(deployment).subscribe()
+    }
+
+    /// Drops the channel of a deployment that already ended, once nobody
+    /// follows it.
+    pub fn forget_ended(&self, deployment: i64) {
+        let mut live = self.lock();
+        if live
+            .get(&deployment)
+            .is_some_and(|s| s.receiver_count() == 0)
+        {
+            live.remove(&deployment);
+        }
     }
 
     pub(crate) fn open(&self, deployment: i64) -> broadcast::Sender<LogEvent> {
