@@ -252,3 +252,64 @@ async fn a_secret_reaches_the_app_and_nowhere_else_in_plain_text() {
     assert_eq!(mode & 0o777, 0o600);
     server.cleanup(&["sec"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_traffic_with_their_limits_and_metrics_count_it() {
+    let mut server = Server::start();
+    let api = server.client();
+    let repo = AppRepo::new("m1");
+    repo.write(
+        "rivetr.toml",
+        "replicas = 2\n[resources]\nmemory_mb = 48\ncpus = 0.5\n[health]\npath = \"/version\"\ninterval_ms = 50\n",
+    );
+    repo.commit_version("m1");
+    assert_eq!(api.create_app("multi", &repo.url(), &[]).await.0, 201);
+    let d = api.deploy("multi").await;
+    assert_eq!(api.wait(d).await["status"], "running", "{}", server.logs());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let (status, body) = server.get(&server.host_of("multi"), "/host").await.unwrap();
+        assert_eq!(status, 200);
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 2, "round robin over two replicas: {seen:?}");
+    for replica in 0..2 {
+        let out = std::process::Command::new("podman")
+            .args([
+                "inspect",
+                "--format",
+                "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+                &format!("rivetr-multi-d{d}-r{replica}"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("{} 500000000", 48 * 1024 * 1024)
+        );
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", server.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("rivetr_router_requests_total")
+                && l.contains("app=\"multi\"")
+                && l.contains("2xx")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 10.0, "{line}");
+    assert_eq!(
+        reqwest::get(format!("http://{}/healthz", server.api))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.cleanup(&["multi"]);
+}

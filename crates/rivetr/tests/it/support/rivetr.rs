@@ -42,7 +42,7 @@ impl AppRepo {
         repo.write(
             "Dockerfile",
             "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n\
-             CMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo \\\"$GREETING\\\" > /www/greeting; echo app started; exec /bin/busybox httpd -f -p 8080 -h /www\"]\n",
+             CMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo \\\"$GREETING\\\" > /www/greeting; /bin/busybox hostname > /www/host; echo app started; exec /bin/busybox httpd -f -p 8080 -h /www\"]\n",
         );
         repo.write(
             "rivetr.toml",
