@@ -24,9 +24,37 @@ pub struct Backend {
     pub app: String,
     pub deployment: i64,
     pub group: Arc<UpstreamGroup>,
+    /// `rivetr_router_requests_total` by status class, looked up once
+    /// rather than per request.
+    counters: [metrics::Counter; 6],
+}
+
+/// Status classes counted per app; the last is "no status".
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn counters_for(app: &str) -> [metrics::Counter; 6] {
+    CLASSES.map(|class| {
+        metrics::counter!("rivetr_router_requests_total", "app" => app.to_owned(), "class" => class)
+    })
+}
+
+fn class_index(status: Option<StatusCode>) -> usize {
+    match status.map(|s| s.as_u16()) {
+        Some(s @ 100..=599) => (s / 100 - 1) as usize,
+        _ => 5,
+    }
 }
 
 impl Backend {
+    pub fn new(app: &str, deployment: i64, group: Arc<UpstreamGroup>) -> Backend {
+        Backend {
+            app: app.to_owned(),
+            deployment,
+            group,
+            counters: counters_for(app),
+        }
+    }
+
     /// Requests in flight on this backend: every holder but the one asking
     /// (and the route table, while it is still routed).
     pub fn holders(self: &Arc<Self>) -> usize {
@@ -151,16 +179,14 @@ impl ProxyHttp for Router {
     }
 
     fn logging(&self, exchange: Exchange, ctx: Ctx) {
-        let app = ctx
-            .backend
-            .as_ref()
-            .map(|b| b.app.clone())
-            .unwrap_or_else(|| "none".into());
-        let class = match exchange.status.map(|s| s.as_u16()) {
-            Some(s @ 100..=599) => ["1xx", "2xx", "3xx", "4xx", "5xx"][(s / 100 - 1) as usize],
-            _ => "none",
-        };
-        metrics::counter!("rivetr_router_requests_total", "app" => app, "class" => class)
-            .increment(1);
+        match &ctx.backend {
+            Some(backend) => backend.counters[class_index(exchange.status)].increment(1),
+            None => metrics::counter!(
+                "rivetr_router_requests_total",
+                "app" => "none",
+                "class" => CLASSES[class_index(exchange.status)]
+            )
+            .increment(1),
+        }
     }
 }

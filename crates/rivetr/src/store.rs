@@ -149,10 +149,16 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(5));
+            .busy_timeout(std::time::Duration::from_secs(5))
+            // SQLite's page cache lives in the C heap, per connection; the
+            // database is small, and 2 MiB a connection was most of an idle
+            // server's heap.
+            .pragma("cache_size", "-256");
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(3)
             .min_connections(0)
+            // An idle server holds no connection (each has a thread).
+            .idle_timeout(std::time::Duration::from_secs(30))
             .connect_with(options)
             .await?;
         db::migrator(MIGRATIONS).await?.run(&pool).await?;

@@ -839,11 +839,7 @@ fn backend_for(
         ..UpstreamSettings::default()
     };
     let group = UpstreamGroup::new(app, &urls, settings)?;
-    Ok(Arc::new(Backend {
-        app: app.to_owned(),
-        deployment,
-        group: Arc::new(group),
-    }))
+    Ok(Arc::new(Backend::new(app, deployment, Arc::new(group))))
 }
 
 /// GETs the health path over the network until it answers 2xx or 3xx, or
