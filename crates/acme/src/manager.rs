@@ -324,7 +324,10 @@ impl Manager {
                     .challenges
                     .publish_alpn(domain, key_authorization.digest().as_ref())?,
             });
-            challenge.set_ready().await?;
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| validation_failure(domain, e))?;
         }
         let retry = RetryPolicy::new()
             .initial_delay(Duration::from_millis(100))
@@ -338,7 +341,7 @@ impl Manager {
                     reason: format!("no answer from the CA within {:?}", self.config.order_timeout),
                 })
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(validation_failure(domain, e)),
         };
         drop(published);
         if status != OrderStatus::Ready {
@@ -370,6 +373,20 @@ impl Manager {
             key_pem.as_bytes(),
         )?;
         Ok(issued)
+    }
+}
+
+/// A problem document the CA answers while validating is the domain's
+/// failure (e.g. nobody answered the challenge), not the protocol's. The CA
+/// may answer it to `set_ready` already (pebble does without its sleep) or
+/// while the order is polled.
+fn validation_failure(domain: &Domain, error: instant_acme::Error) -> Error {
+    match error {
+        instant_acme::Error::Api(problem) => Error::Validation {
+            domain: domain.to_string(),
+            reason: problem.to_string(),
+        },
+        other => Error::Protocol(other),
     }
 }
 

@@ -1,0 +1,73 @@
+//! A challenge nobody answers: the domain ends `failed` with the CA's
+//! reason, and the next attempt is scheduled with doubling backoff.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use acme::{Backoff, ChallengeKind, Domain, Error, Manager, Status};
+
+use crate::support::{self, Options, Pebble};
+
+#[tokio::test]
+async fn an_unanswered_challenge_fails_with_a_reason_and_backs_off() {
+    // Nothing listens on the port pebble validates HTTP-01 on.
+    let pebble = Pebble::start(Options {
+        http_port: support::free_port(),
+        tls_port: support::free_port(),
+        ..Options::default()
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = pebble.config(state.path());
+    config.backoff = Backoff {
+        initial: Duration::from_secs(60),
+        max: Duration::from_secs(150),
+    };
+    let manager = Arc::new(Manager::new(config).unwrap());
+    let domain = Domain::parse("down.example.test").unwrap();
+
+    let before = SystemTime::now();
+    let error = manager
+        .issue(&domain, ChallengeKind::Http01)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Validation { .. }), "{error:?}");
+    let Some(Status::Failed {
+        reason,
+        failures,
+        next_attempt,
+    }) = manager.status(&domain)
+    else {
+        panic!("not failed: {:?}", manager.status(&domain));
+    };
+    assert!(reason.contains("connect") || reason.contains("refused"), "{reason}");
+    assert_eq!(failures, 1);
+    let delay = next_attempt.duration_since(before).unwrap();
+    assert!((Duration::from_secs(60)..Duration::from_secs(80)).contains(&delay), "{delay:?}");
+
+    // Not retried before its time; due once it has come.
+    assert!(manager.due(SystemTime::now()).is_empty());
+    assert_eq!(manager.due(next_attempt), [domain.clone()]);
+    assert_eq!(manager.next_due(), Some(next_attempt));
+
+    // The placeholder is still what is served, and no redirect to HTTPS.
+    assert!(!manager.has_certificate("down.example.test"));
+    let served = manager.certified_key("down.example.test").unwrap();
+    let (issuer, subject, _) = support::describe(&served.cert[0]);
+    assert_eq!(issuer, subject);
+
+    // Each further failure doubles the delay, up to the cap.
+    let mut delays = Vec::new();
+    for _ in 0..2 {
+        let start = SystemTime::now();
+        manager.issue(&domain, ChallengeKind::Http01).await.unwrap_err();
+        let Some(Status::Failed { next_attempt, failures, .. }) = manager.status(&domain) else {
+            panic!("not failed");
+        };
+        delays.push((failures, next_attempt.duration_since(start).unwrap().as_secs()));
+    }
+    assert_eq!(delays[0].0, 2);
+    assert!((120..125).contains(&delays[0].1), "{delays:?}");
+    assert_eq!(delays[1].0, 3);
+    assert!((150..155).contains(&delays[1].1), "{delays:?}");
+}
