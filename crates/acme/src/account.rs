@@ -23,7 +23,13 @@ pub(crate) fn path(state_dir: &Path, directory_url: &str) -> PathBuf {
     let slug: String = directory_url
         .trim_start_matches("https://")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     state_dir.join("accounts").join(format!("{slug}.json"))
 }

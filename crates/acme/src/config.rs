@@ -270,10 +270,16 @@ impl Domain {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             {
-                return Err(bad("only letters, digits and '-' are allowed (no wildcards)"));
+                return Err(bad(
+                    "only letters, digits and '-' are allowed (no wildcards)",
+                ));
             }
         }
-        if lower.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        if lower
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
             return Err(bad("an IP address is not a domain"));
         }
         Ok(Self(lower))
@@ -304,7 +310,10 @@ mod tests {
 
     #[test]
     fn directories_by_name_or_url() {
-        assert_eq!("letsencrypt".parse::<Directory>().unwrap(), Directory::LetsEncrypt);
+        assert_eq!(
+            "letsencrypt".parse::<Directory>().unwrap(),
+            Directory::LetsEncrypt
+        );
         assert!(Directory::LetsEncryptStaging.url().contains("staging"));
         let url: Directory = "https://ca.example.net/dir".parse().unwrap();
         assert_eq!(url.url(), "https://ca.example.net/dir");
@@ -314,8 +323,20 @@ mod tests {
 
     #[test]
     fn domains_are_normalised_and_narrow() {
-        assert_eq!(Domain::parse("Example.COM.").unwrap().as_str(), "example.com");
-        for bad in ["", "localhost", "*.example.com", "a..b", "-a.com", "a_b.com", "../x.com", "10.0.0.1"] {
+        assert_eq!(
+            Domain::parse("Example.COM.").unwrap().as_str(),
+            "example.com"
+        );
+        for bad in [
+            "",
+            "localhost",
+            "*.example.com",
+            "a..b",
+            "-a.com",
+            "a_b.com",
+            "../x.com",
+            "10.0.0.1",
+        ] {
             assert!(Domain::parse(bad).is_err(), "{bad} accepted");
         }
     }

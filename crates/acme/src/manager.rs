@@ -8,9 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use instant_acme::{
-    Account, AuthorizationStatus, Identifier, NewOrder, OrderStatus, RetryPolicy,
-};
+use instant_acme::{Account, AuthorizationStatus, Identifier, NewOrder, OrderStatus, RetryPolicy};
 use rcgen::{CertificateParams, KeyPair};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -98,7 +96,13 @@ impl Manager {
             placeholder,
             status: status.clone(),
         };
-        self.write(|entries| entries.entry(domain.clone()).or_insert(entry).status.clone());
+        self.write(|entries| {
+            entries
+                .entry(domain.clone())
+                .or_insert(entry)
+                .status
+                .clone()
+        });
         self.changed.notify_one();
         Ok(status)
     }
@@ -161,13 +165,12 @@ impl Manager {
     /// A server configuration that picks the certificate by SNI from this
     /// manager at every handshake, offering `alpn` (e.g. `h2`, `http/1.1`).
     pub fn server_config(self: &Arc<Self>, alpn: Vec<Vec<u8>>) -> Arc<ServerConfig> {
-        let mut config = ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
-        .with_no_client_auth()
-        .with_cert_resolver(self.clone());
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
+                .with_no_client_auth()
+                .with_cert_resolver(self.clone());
         config.alpn_protocols = alpn;
         Arc::new(config)
     }
@@ -338,7 +341,10 @@ impl Manager {
             Err(instant_acme::Error::Timeout(_)) => {
                 return Err(Error::Validation {
                     domain: domain.to_string(),
-                    reason: format!("no answer from the CA within {:?}", self.config.order_timeout),
+                    reason: format!(
+                        "no answer from the CA within {:?}",
+                        self.config.order_timeout
+                    ),
                 })
             }
             Err(e) => return Err(validation_failure(domain, e)),

@@ -21,7 +21,10 @@ async fn accounts_bind_to_an_external_account_when_the_ca_requires_it() {
     let state = tempfile::tempdir().unwrap();
     let unbound = Manager::new(pebble.config(state.path())).unwrap();
     let error = unbound.account_id().await.unwrap_err();
-    assert!(error.to_string().to_lowercase().contains("external"), "{error}");
+    assert!(
+        error.to_string().to_lowercase().contains("external"),
+        "{error}"
+    );
 
     // With the key id and MAC key, it registers; a wrong key is refused.
     let mut config = pebble.config(state.path());

@@ -40,14 +40,20 @@ async fn an_unanswered_challenge_fails_with_a_reason_and_backs_off() {
     else {
         panic!("not failed: {:?}", manager.status(&domain));
     };
-    assert!(reason.contains("connect") || reason.contains("refused"), "{reason}");
+    assert!(
+        reason.contains("connect") || reason.contains("refused"),
+        "{reason}"
+    );
     assert_eq!(failures, 1);
     let delay = next_attempt.duration_since(before).unwrap();
-    assert!((Duration::from_secs(60)..Duration::from_secs(80)).contains(&delay), "{delay:?}");
+    assert!(
+        (Duration::from_secs(60)..Duration::from_secs(80)).contains(&delay),
+        "{delay:?}"
+    );
 
     // Not retried before its time; due once it has come.
     assert!(manager.due(SystemTime::now()).is_empty());
-    assert_eq!(manager.due(next_attempt), [domain.clone()]);
+    assert_eq!(manager.due(next_attempt), std::slice::from_ref(&domain));
     assert_eq!(manager.next_due(), Some(next_attempt));
 
     // The placeholder is still what is served, and no redirect to HTTPS.
@@ -60,11 +66,22 @@ async fn an_unanswered_challenge_fails_with_a_reason_and_backs_off() {
     let mut delays = Vec::new();
     for _ in 0..2 {
         let start = SystemTime::now();
-        manager.issue(&domain, ChallengeKind::Http01).await.unwrap_err();
-        let Some(Status::Failed { next_attempt, failures, .. }) = manager.status(&domain) else {
+        manager
+            .issue(&domain, ChallengeKind::Http01)
+            .await
+            .unwrap_err();
+        let Some(Status::Failed {
+            next_attempt,
+            failures,
+            ..
+        }) = manager.status(&domain)
+        else {
             panic!("not failed");
         };
-        delays.push((failures, next_attempt.duration_since(start).unwrap().as_secs()));
+        delays.push((
+            failures,
+            next_attempt.duration_since(start).unwrap().as_secs(),
+        ));
     }
     assert_eq!(delays[0].0, 2);
     assert!((120..125).contains(&delays[0].1), "{delays:?}");

@@ -54,7 +54,9 @@ async fn http01_issues_a_certificate_that_verifies_and_is_stored_0600() {
     assert_eq!(served, issued.cert[0]);
 
     // Challenge answers are gone once the order ended.
-    assert!(manager.http01_response_for_path("/.well-known/acme-challenge/x").is_none());
+    assert!(manager
+        .http01_response_for_path("/.well-known/acme-challenge/x")
+        .is_none());
 
     // Keys, chains and account credentials are 0600 in 0700 directories.
     let certs = state.path().join("certs");
@@ -80,7 +82,10 @@ async fn http01_issues_a_certificate_that_verifies_and_is_stored_0600() {
         again.add_domain(&domain, ChallengeKind::Http01).unwrap(),
         Status::Valid { not_after }
     );
-    assert_eq!(again.certified_key("app.example.test").unwrap().cert, issued.cert);
+    assert_eq!(
+        again.certified_key("app.example.test").unwrap().cert,
+        issued.cert
+    );
     assert!(again.due(SystemTime::now()).is_empty());
     assert_eq!(again.account_id().await.unwrap(), account_id);
     let _http = support::serve_http01(support::rebind(http_addr).await, again.clone());
@@ -105,9 +110,16 @@ async fn tls_alpn01_issues_a_certificate_that_verifies() {
     let _tls = support::serve_tls(tls, manager.clone());
     let domain = Domain::parse("alpn.example.test").unwrap();
 
-    manager.issue(&domain, ChallengeKind::TlsAlpn01).await.unwrap();
+    manager
+        .issue(&domain, ChallengeKind::TlsAlpn01)
+        .await
+        .unwrap();
     let issued = manager.certified_key("alpn.example.test").unwrap();
-    support::verify_chain(&issued.cert, &pebble.issuing_root().await, "alpn.example.test");
+    support::verify_chain(
+        &issued.cert,
+        &pebble.issuing_root().await,
+        "alpn.example.test",
+    );
     assert_eq!(support::describe(&issued.cert[0]).2, ["alpn.example.test"]);
     assert!(manager.alpn_config("alpn.example.test").is_none());
     assert_eq!(
@@ -144,24 +156,38 @@ async fn run_orders_pending_domains_and_renews_inside_the_window() {
     }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !manager.has_certificate("renew.example.test") {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", manager.status(&domain));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            manager.status(&domain)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), run).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
 
     // With the window covering the whole lifetime, a fresh certificate is
     // due, and renewing replaces it (served and stored).
     let first = manager.certified_key("renew.example.test").unwrap();
     let key_file = state.path().join("certs/renew.example.test.key.pem");
     let first_key = std::fs::read(&key_file).unwrap();
-    assert_eq!(manager.due(SystemTime::now()), [domain.clone()]);
+    assert_eq!(
+        manager.due(SystemTime::now()),
+        std::slice::from_ref(&domain)
+    );
     assert_eq!(manager.run_due(SystemTime::now()).await, 1);
     let second = manager.certified_key("renew.example.test").unwrap();
     assert_ne!(first.cert[0], second.cert[0]);
     assert_ne!(std::fs::read(&key_file).unwrap(), first_key);
     assert_eq!(mode(&key_file), 0o600);
-    support::verify_chain(&second.cert, &pebble.issuing_root().await, "renew.example.test");
+    support::verify_chain(
+        &second.cert,
+        &pebble.issuing_root().await,
+        "renew.example.test",
+    );
 
     // With the default policy the same certificate is far from due.
     let mut config = pebble.config(state.path());
@@ -174,6 +200,6 @@ async fn run_orders_pending_domains_and_renews_inside_the_window() {
     };
     assert_eq!(
         fresh.due(not_after - Duration::from_secs(29 * 86_400)),
-        [domain.clone()]
+        std::slice::from_ref(&domain)
     );
 }

@@ -205,7 +205,11 @@ impl Pebble {
 }
 
 /// Checks that `chain` (leaf first) verifies up to `root` for `domain`.
-pub fn verify_chain(chain: &[CertificateDer<'static>], root: &CertificateDer<'static>, domain: &str) {
+pub fn verify_chain(
+    chain: &[CertificateDer<'static>],
+    root: &CertificateDer<'static>,
+    domain: &str,
+) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
