@@ -53,6 +53,10 @@ pub(crate) struct Entry {
     pub(crate) issued: Option<Issued>,
     pub(crate) placeholder: Arc<CertifiedKey>,
     pub(crate) status: Status,
+    /// Held while an order for the domain runs: two orders at once would
+    /// publish TLS-ALPN-01 answers under the same name and remove each
+    /// other's.
+    pub(crate) ordering: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Entry {

@@ -23,6 +23,24 @@
 //! depends on it ([`Manager::due`], [`RenewalPolicy::renew_at`]), so tests
 //! reproduce.
 
+//! Plugging it into a listener (edge's `ProxyHttp::tls_config` gets the
+//! hello's server name and ALPN list; any rustls acceptor can do the same):
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn example(manager: Arc<acme::Manager>, sni: Option<&str>, alpn: &[Vec<u8>]) {
+//! let config = match sni {
+//!     Some(name) if acme::is_acme_tls_alpn(alpn) => manager.alpn_config(name),
+//!     _ => Some(manager.server_config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])),
+//! };
+//! # let _ = config;
+//! # }
+//! ```
+//!
+//! and on port 80: answer `manager.http01_response_for_path(path)` with 200
+//! when it is `Some`, redirect to HTTPS when `manager.has_certificate(host)`,
+//! serve plain HTTP otherwise.
+
 mod account;
 mod certs;
 mod challenge;

@@ -95,6 +95,7 @@ impl Manager {
             issued,
             placeholder,
             status: status.clone(),
+            ordering: Arc::default(),
         };
         self.write(|entries| {
             entries
@@ -221,6 +222,21 @@ impl Manager {
     /// next attempt's time (capped exponential backoff) and returned.
     pub async fn issue(&self, domain: &Domain, kind: ChallengeKind) -> Result<SystemTime, Error> {
         self.add_domain(domain, kind)?;
+        let lock = self.ordering_lock(domain)?;
+        let _ordering = lock.lock().await;
+        self.issue_locked(domain, kind).await
+    }
+
+    fn ordering_lock(&self, domain: &Domain) -> Result<Arc<tokio::sync::Mutex<()>>, Error> {
+        self.read(|entries| entries.get(domain).map(|e| e.ordering.clone()))
+            .ok_or_else(|| Error::UnknownDomain(domain.to_string()))
+    }
+
+    async fn issue_locked(
+        &self,
+        domain: &Domain,
+        kind: ChallengeKind,
+    ) -> Result<SystemTime, Error> {
         let result = self.order(domain, kind).await;
         let now = SystemTime::now();
         match result {
@@ -261,10 +277,20 @@ impl Manager {
     pub async fn run_due(&self, now: SystemTime) -> usize {
         let mut issued = 0;
         for domain in self.due(now) {
-            let Some(kind) = self.read(|e| e.get(&domain).map(|e| e.kind)) else {
+            let Ok(lock) = self.ordering_lock(&domain) else {
                 continue;
             };
-            if self.issue(&domain, kind).await.is_ok() {
+            let _ordering = lock.lock().await;
+            // An explicit `issue` may have finished while this waited.
+            let Some(kind) = self.read(|entries| {
+                entries
+                    .get(&domain)
+                    .filter(|e| self.due_at(e) <= now)
+                    .map(|e| e.kind)
+            }) else {
+                continue;
+            };
+            if self.issue_locked(&domain, kind).await.is_ok() {
                 issued += 1;
             }
         }
