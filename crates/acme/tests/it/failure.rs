@@ -88,3 +88,36 @@ async fn an_unanswered_challenge_fails_with_a_reason_and_backs_off() {
     assert_eq!(delays[1].0, 3);
     assert!((150..155).contains(&delays[1].1), "{delays:?}");
 }
+
+#[tokio::test]
+async fn a_name_that_resolves_nowhere_fails_with_the_dns_reason() {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pebble = Pebble::start(Options {
+        http_port: http.local_addr().unwrap().port(),
+        tls_port: support::free_port(),
+        ..Options::default()
+    })
+    .await;
+    pebble.resolve_nowhere("nowhere.example.test").await;
+    let state = tempfile::tempdir().unwrap();
+    let manager = Arc::new(Manager::new(pebble.config(state.path())).unwrap());
+    let _http = support::serve_http01(http, manager.clone());
+    let domain = Domain::parse("nowhere.example.test").unwrap();
+
+    manager
+        .issue(&domain, ChallengeKind::Http01)
+        .await
+        .unwrap_err();
+    let Some(Status::Failed {
+        reason, failures, ..
+    }) = manager.status(&domain)
+    else {
+        panic!("not failed: {:?}", manager.status(&domain));
+    };
+    assert_eq!(failures, 1);
+    assert!(reason.contains("could not resolve"), "{reason}");
+
+    // The same CA and router still issue for a name that resolves.
+    let fine = Domain::parse("fine.example.test").unwrap();
+    manager.issue(&fine, ChallengeKind::Http01).await.unwrap();
+}

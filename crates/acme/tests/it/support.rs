@@ -50,6 +50,7 @@ pub struct Pebble {
     /// The ACME directory URL.
     pub directory: String,
     management: u16,
+    dns_management: u16,
     /// The CA that signed pebble's own HTTPS certificate.
     pub tls_ca: CertificateDer<'static>,
 }
@@ -162,6 +163,7 @@ impl Pebble {
             children,
             directory: format!("https://127.0.0.1:{listen}/dir"),
             management,
+            dns_management,
             tls_ca: ca.der().clone(),
             _dir: dir,
         };
@@ -175,6 +177,22 @@ impl Pebble {
         config.trust = Trust::Only(vec![self.tls_ca.clone()]);
         config.order_timeout = Duration::from_secs(20);
         config
+    }
+
+    /// Makes the DNS server answer SERVFAIL for `host`: a name that
+    /// resolves nowhere.
+    pub async fn resolve_nowhere(&self, host: &str) {
+        reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{}/set-servfail",
+                self.dns_management
+            ))
+            .json(&serde_json::json!({ "host": format!("{host}.") }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
     }
 
     /// The root pebble issues under (from its management interface).
