@@ -57,6 +57,8 @@ pub(crate) struct Entry {
     /// publish TLS-ALPN-01 answers under the same name and remove each
     /// other's.
     pub(crate) ordering: Arc<tokio::sync::Mutex<()>>,
+    /// When this process last got a certificate for the domain.
+    pub(crate) last_issued: Option<SystemTime>,
 }
 
 impl Entry {

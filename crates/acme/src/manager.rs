@@ -96,6 +96,7 @@ impl Manager {
             placeholder,
             status: status.clone(),
             ordering: Arc::default(),
+            last_issued: None,
         };
         self.write(|entries| {
             entries
@@ -189,10 +190,17 @@ impl Manager {
     }
 
     fn due_at(&self, entry: &Entry) -> SystemTime {
-        let renew = entry
-            .issued
-            .as_ref()
-            .map(|i| self.config.renewal.renew_at(i.not_before, i.not_after));
+        // A certificate that is due the moment it arrives (a policy renewing
+        // over the whole lifetime, a CA issuing very short ones) is renewed
+        // no sooner than a failure would be retried, so the loop never
+        // hammers the CA.
+        let renew = entry.issued.as_ref().map(|i| {
+            let at = self.config.renewal.renew_at(i.not_before, i.not_after);
+            match entry.last_issued {
+                Some(last) => at.max(last + self.config.backoff.initial),
+                None => at,
+            }
+        });
         match (&entry.status, renew) {
             (Status::Failed { next_attempt, .. }, _) => *next_attempt,
             (_, Some(renew)) => renew,
@@ -246,6 +254,7 @@ impl Manager {
                     if let Some(entry) = entries.get_mut(domain) {
                         entry.issued = Some(issued);
                         entry.status = Status::Valid { not_after };
+                        entry.last_issued = Some(now);
                     }
                 });
                 tracing::info!(%domain, ?not_after, "certificate issued");
