@@ -22,7 +22,7 @@
 //! (wildcards are therefore refused). Time is passed in where a decision
 //! depends on it ([`Manager::due`], [`RenewalPolicy::renew_at`]), so tests
 //! reproduce.
-
+//!
 //! Plugging it into a listener (edge's `ProxyHttp::tls_config` gets the
 //! hello's server name and ALPN list; any rustls acceptor can do the same):
 //!
