@@ -598,11 +598,8 @@ impl Engine {
                 ])
                 .await?
             {
-                if !image.tags.iter().any(|t| {
-                    keep.contains(t)
-                        || keep.contains(&format!("localhost/{t}"))
-                        || keep.iter().any(|k| t.ends_with(k.as_str()))
-                }) {
+                // Tags come back as Docker shows them (`rivetr/app:dN`).
+                if !image.tags.iter().any(|t| keep.contains(t)) {
                     let id = image.tags.first().cloned().unwrap_or(image.id.clone());
                     tracing::info!(app = %app.name, image = %id, "pruning an old image");
                     self.runtime.remove_image(&image.id).await?;

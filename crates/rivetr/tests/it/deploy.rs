@@ -313,3 +313,90 @@ async fn replicas_share_the_traffic_with_their_limits_and_metrics_count_it() {
     );
     server.cleanup(&["multi"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_past_the_newest_good_ones_are_pruned_and_cannot_be_rolled_back_to() {
+    // The test servers keep 2 good images per app.
+    let mut server = Server::start();
+    let api = server.client();
+    let repo = AppRepo::new("p1");
+    assert_eq!(api.create_app("prune", &repo.url(), &[]).await.0, 201);
+    let mut ids = Vec::new();
+    for version in ["p1", "p2", "p3"] {
+        if version != "p1" {
+            repo.commit_version(version);
+        }
+        let d = api.deploy("prune").await;
+        assert_eq!(api.wait(d).await["status"], "running", "{}", server.logs());
+        ids.push(d);
+    }
+    let images = |server: &Server| {
+        let out = std::process::Command::new("podman")
+            .args([
+                "images",
+                "--format",
+                "{{.Repository}}:{{.Tag}}",
+                "--filter",
+                "label=rivetr.app=prune",
+            ])
+            .output()
+            .unwrap();
+        let _ = server;
+        let mut tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        tags.sort();
+        tags
+    };
+    let tags = images(&server);
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    assert!(
+        tags.iter().all(|t| !t.ends_with(&format!(":d{}", ids[0]))),
+        "{tags:?}"
+    );
+    // The newest two can be returned to; the pruned one says why not.
+    let (status, v) = api
+        .call(
+            Method::POST,
+            "/api/apps/prune/rollback",
+            Some(json!({ "to": ids[0] })),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let done = api.wait(v["deployment"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "failed");
+    assert!(
+        done["reason"].as_str().unwrap().contains("was pruned"),
+        "{done}"
+    );
+    assert_eq!(
+        server
+            .get(&server.host_of("prune"), "/version")
+            .await
+            .unwrap()
+            .1,
+        "p3\n"
+    );
+    let (status, v) = api
+        .call(
+            Method::POST,
+            "/api/apps/prune/rollback",
+            Some(json!({ "to": ids[1] })),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(
+        api.wait(v["deployment"].as_i64().unwrap()).await["status"],
+        "running"
+    );
+    assert_eq!(
+        server
+            .get(&server.host_of("prune"), "/version")
+            .await
+            .unwrap()
+            .1,
+        "p2\n"
+    );
+    server.cleanup(&["prune"]);
+}

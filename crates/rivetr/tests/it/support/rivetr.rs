@@ -120,7 +120,7 @@ impl Server {
             format!(
                 "data_dir = {:?}\ndatabase = {:?}\nkey_file = {:?}\nrouter_listen = [\"127.0.0.1:0\"]\n\
                  api_listen = \"127.0.0.1:0\"\nbase_domain = {base_domain:?}\nnetwork = {network:?}\n\
-                 drain_timeout_secs = 5\nstop_grace_secs = 1\nlog = \"info,rivetr=debug\"\n",
+                 drain_timeout_secs = 5\nstop_grace_secs = 1\nkeep_images = 2\nlog = \"info,rivetr=debug\"\n",
                 state.join("data"),
                 state.join("rivetr.db"),
                 state.join("rivetr.key"),
