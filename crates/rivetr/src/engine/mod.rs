@@ -590,19 +590,18 @@ impl Engine {
                     }
                 }
             }
-            for image in self
-                .runtime
-                .list_images(&[
-                    (INSTANCE_LABEL, &self.settings.instance),
-                    (APP_LABEL, &app.name),
-                ])
-                .await?
-            {
+            for image in self.images_of(&app.name).await? {
                 // Tags come back as Docker shows them (`rivetr/app:dN`).
-                if !image.tags.iter().any(|t| keep.contains(t)) {
-                    let id = image.tags.first().cloned().unwrap_or(image.id.clone());
-                    tracing::info!(app = %app.name, image = %id, "pruning an old image");
-                    self.runtime.remove_image(&image.id).await?;
+                // Untagged images are a build's intermediate layers: they
+                // go with the tagged image they lead to.
+                if image.tags.is_empty() || image.tags.iter().any(|t| keep.contains(t)) {
+                    continue;
+                }
+                for tag in &image.tags {
+                    tracing::info!(app = %app.name, image = %tag, "pruning an old image");
+                    if let Err(e) = self.runtime.remove_image(tag).await {
+                        tracing::warn!(app = %app.name, image = %tag, error = %e, "pruning");
+                    }
                 }
             }
             Ok(())
@@ -611,6 +610,21 @@ impl Engine {
         if let Err(Failed(e)) = result {
             tracing::warn!(app = %app.name, error = %e, "pruning images");
         }
+    }
+
+    /// This installation's images of an app. Podman's image list answers
+    /// nothing to two label filters at once (seen with 4.3), so the app's
+    /// label is checked here.
+    async fn images_of(
+        &self,
+        app: &str,
+    ) -> Result<Vec<crate::runtime::ImageInfo>, crate::runtime::RuntimeError> {
+        let mut images = self
+            .runtime
+            .list_images(&[(INSTANCE_LABEL, &self.settings.instance)])
+            .await?;
+        images.retain(|i| i.labels.get(APP_LABEL).map(String::as_str) == Some(app));
+        Ok(images)
     }
 
     /// Removes an app: route, containers, images, cache, rows.
@@ -633,13 +647,10 @@ impl Engine {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        for image in self
-            .runtime
-            .list_images(&labels)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            let _ = self.runtime.remove_image(&image.id).await;
+        for image in self.images_of(&app.name).await.map_err(|e| e.to_string())? {
+            for tag in &image.tags {
+                let _ = self.runtime.remove_image(tag).await;
+            }
         }
         let cache = self.cache_dir(&app.name);
         let _ = std::fs::remove_dir_all(&cache);
