@@ -3,6 +3,11 @@ JSON object on stdout so the run script can collect them into the report.
 
   ttft RUNS REGEX -- CMD...       exec CMD RUNS times; time from just before
                                   exec to the first stdout match of REGEX
+  ttft-alternate RUNS REGEX BIN... -- ARGS...
+                                  `ttft` for several builds of one program,
+                                  run in turn (the order reversed every
+                                  other round) so the machine's load falls
+                                  on all alike; one summary per BIN
   provider-ttft RUNS URL          the provider's own time to first token: a
                                   new connection, a streaming chat request,
                                   time to the first content delta
@@ -121,6 +126,19 @@ def cmd_ttft(args):
     ttft_once(cmd, pattern)  # warm the page cache and the provider
     samples = [ttft_once(cmd, pattern) for _ in range(runs)]
     print(json.dumps(summary(samples)))
+
+
+def cmd_ttft_alternate(args):
+    runs, pattern = int(args[0]), re.compile(args[1])
+    split = args.index("--")
+    bins, rest = args[2:split], args[split + 1 :]
+    samples = {b: [] for b in bins}
+    for b in bins:
+        ttft_once([b] + rest, pattern)  # warm the page cache
+    for i in range(runs):
+        for b in bins if i % 2 == 0 else list(reversed(bins)):
+            samples[b].append(ttft_once([b] + rest, pattern))
+    print(json.dumps({b: summary(samples[b]) for b in bins}))
 
 
 def provider_once(url, body):
@@ -544,6 +562,7 @@ def main():
         "ttft": cmd_ttft,
         "provider-ttft": cmd_provider_ttft,
         "session": cmd_session,
+        "ttft-alternate": cmd_ttft_alternate,
         "report": cmd_report,
         "quiet": cmd_quiet,
     }[sub](args)
