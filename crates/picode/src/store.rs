@@ -656,6 +656,78 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_turn_is_saved_whole_with_its_new_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("s.db");
+        let store = Store::deferred(&path);
+        // Nothing is touched until the first use.
+        assert!(!path.exists());
+        let id = new_session_id();
+        let messages = vec![
+            StoredMessage {
+                turn: 1,
+                message: Message::user("list the files"),
+            },
+            StoredMessage {
+                turn: 1,
+                message: Message::assistant_text("two files"),
+            },
+        ];
+        let call = ToolCallRecord {
+            call_id: "c1".into(),
+            name: "list_files".into(),
+            arguments: serde_json::json!({"path": "."}),
+            output: "a\nb".into(),
+            is_error: false,
+        };
+        let usage = UsageRecord {
+            provider: "prov".into(),
+            model: "m".into(),
+            usage: Usage {
+                input_tokens: 7,
+                output_tokens: 3,
+                ..Default::default()
+            },
+            cost_usd: 0.25,
+        };
+        let save = TurnSave {
+            session: &id,
+            create: Some(NewSession { project: "/p" }),
+            turn: 1,
+            prompt: "list the files",
+            checkpoint: Some("abc"),
+            messages: &messages,
+            keep: 0,
+            provider: "prov",
+            model: "m",
+            tool_calls: std::slice::from_ref(&call),
+            usage: Some(&usage),
+        };
+        store.save_turn(&save).await.unwrap();
+        let list = store.list_sessions(Some("/p"), 10).await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].id.as_str(), list[0].turns), (id.as_str(), 1));
+        assert_eq!(list[0].title, "list the files");
+        assert_eq!(store.load_messages(&id).await.unwrap(), messages);
+        assert_eq!(store.tool_calls(&id).await.unwrap(), vec![call.clone()]);
+        let (totals, cost) = store.usage_totals(&id).await.unwrap();
+        assert_eq!((totals.input_tokens, totals.output_tokens), (7, 3));
+        assert!((cost - 0.25).abs() < 1e-9);
+
+        // A save that fails (here: its session is created a second time)
+        // leaves nothing of its turn behind.
+        let second = TurnSave {
+            turn: 2,
+            prompt: "again",
+            keep: 2,
+            ..save
+        };
+        assert!(store.save_turn(&second).await.is_err());
+        assert_eq!(store.turns(&id).await.unwrap().len(), 1);
+        assert_eq!(store.tool_calls(&id).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn sessions_round_trip_messages_turns_and_usage() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).await.unwrap();
