@@ -3,13 +3,23 @@ JSON object on stdout so the run script can collect them into the report.
 
   ttft RUNS REGEX -- CMD...       exec CMD RUNS times; time from just before
                                   exec to the first stdout match of REGEX
+  ttft-alternate RUNS REGEX BIN... -- ARGS...
+                                  `ttft` for several builds of one program,
+                                  run in turn (the order reversed every
+                                  other round) so the machine's load falls
+                                  on all alike; one summary per BIN
   provider-ttft RUNS URL          the provider's own time to first token: a
                                   new connection, a streaming chat request,
                                   time to the first content delta
   session TURNS READY DONE -- CMD run CMD in a pseudo-terminal, wait for READY
                                   (the prompt), read RSS (idle), then send
                                   TURNS prompts, each finished when DONE
-                                  appears, and read RSS again
+                                  appears, and read RSS again; `{n}` in DONE
+                                  stands for the turn's number
+
+Environment of `session`: SETTLE_SECS (wait before each RSS reading, default
+2), ENTER_DELAY (seconds between typing a prompt and pressing Enter, default
+0; left out of the reported turn time).
 
 Regexes are Python `re` patterns matched against the output bytes decoded as
 UTF-8 (ANSI escapes removed for the pseudo-terminal). RSS is VmRSS from
@@ -116,6 +126,19 @@ def cmd_ttft(args):
     ttft_once(cmd, pattern)  # warm the page cache and the provider
     samples = [ttft_once(cmd, pattern) for _ in range(runs)]
     print(json.dumps(summary(samples)))
+
+
+def cmd_ttft_alternate(args):
+    runs, pattern = int(args[0]), re.compile(args[1])
+    split = args.index("--")
+    bins, rest = args[2:split], args[split + 1 :]
+    samples = {b: [] for b in bins}
+    for b in bins:
+        ttft_once([b] + rest, pattern)  # warm the page cache
+    for i in range(runs):
+        for b in bins if i % 2 == 0 else list(reversed(bins)):
+            samples[b].append(ttft_once([b] + rest, pattern))
+    print(json.dumps({b: summary(samples[b]) for b in bins}))
 
 
 def provider_once(url, body):
@@ -264,8 +287,16 @@ class Pty:
                 self.close()
                 fail("timed out waiting for %s (%r)" % (what, pattern.pattern), ANSI.sub(b"", self.out))
 
-    def send(self, line):
-        os.write(self.fd, line.encode() + b"\r")
+    def send(self, line, enter_delay=0.0):
+        # Some TUIs (Codex CLI) take keys that arrive in one burst for a
+        # paste, and Enter inside a paste for a new line, not for sending:
+        # such a program gets the prompt, a pause, then Enter.
+        if enter_delay > 0:
+            os.write(self.fd, line.encode())
+            self.settle(enter_delay)
+            os.write(self.fd, b"\r")
+        else:
+            os.write(self.fd, line.encode() + b"\r")
 
     def settle(self, seconds):
         end = time.time() + seconds
@@ -283,18 +314,20 @@ class Pty:
 
 
 def cmd_session(args):
-    turns, ready, done = int(args[0]), re.compile(args[1]), re.compile(args[2])
+    turns, ready, done = int(args[0]), re.compile(args[1]), args[2]
     cmd = args[args.index("--") + 1 :]
     settle = float(os.environ.get("SETTLE_SECS", "2"))
+    enter_delay = float(os.environ.get("ENTER_DELAY", "0"))
     p = Pty(cmd)
     p.expect(ready, "the first prompt")
     p.settle(settle)
     idle = rss(p.pid)
     start = time.time()
     for i in range(turns):
-        p.send("hi %d" % (i + 1))
-        p.expect(done, "the answer to turn %d" % (i + 1))
-    elapsed = time.time() - start
+        p.send("hi %d" % (i + 1), enter_delay)
+        p.expect(re.compile(done.replace("{n}", str(i + 1))), "the answer to turn %d" % (i + 1))
+    # The pauses before Enter are the driver's, not the program's.
+    elapsed = time.time() - start - turns * enter_delay
     p.settle(settle)
     after = rss(p.pid)
     p.close()
@@ -305,6 +338,7 @@ def cmd_session(args):
                 "after": after,
                 "turns": turns,
                 "seconds": round(elapsed, 1),
+                "enter_delay_s": enter_delay,
             }
         )
     )
@@ -441,7 +475,10 @@ def cmd_report(args):
             if session["turns"]:
                 after = session["after"]
                 rows["after"].append(rss_cell(after))
-                rows["took"].append("%.1f s" % session["seconds"])
+                took = "%.1f s" % session["seconds"]
+                if session.get("enter_delay_s"):
+                    took += " (without the driver's %.1f s pause before each Enter)" % session["enter_delay_s"]
+                rows["took"].append(took)
                 if tool == "picode":
                     verdict["rss"] = (after["tree_rss_kib"] + after.get("extra_rss_kib", 0)) / 1024
             else:
@@ -525,6 +562,7 @@ def main():
         "ttft": cmd_ttft,
         "provider-ttft": cmd_provider_ttft,
         "session": cmd_session,
+        "ttft-alternate": cmd_ttft_alternate,
         "report": cmd_report,
         "quiet": cmd_quiet,
     }[sub](args)

@@ -2,19 +2,26 @@
 //! keyring service answers (servers, containers, CI).
 //!
 //! The encrypted file is `secrets.json` in the user's config dir. Each entry
-//! is sealed with XChaCha20-Poly1305 under a fresh random 24-byte nonce, with
-//! the entry's name as associated data so ciphertexts cannot be swapped
-//! between entries. The 32-byte key comes from one of two places, recorded in
-//! the file so it is never guessed:
+//! is sealed by the workspace's `secrets` crate (AES-256-GCM under a fresh
+//! random nonce) with the entry's name as context, so ciphertexts cannot be
+//! swapped between entries. The 32-byte key comes from one of two places,
+//! recorded in the file so it is never guessed:
 //!
+//! - `keyfile`: a random key in `secrets-v2.key` beside the file, made and
+//!   checked by `secrets::SecretBox::load_or_create` (mode 0600, refused when
+//!   others can read it). This protects against the secrets file leaking on
+//!   its own (backups, dotfile repos), not against someone who can read the
+//!   user's whole home directory; the passphrase mode is for that.
 //! - `argon2id`: derived with Argon2id (default parameters, a random 16-byte
 //!   salt stored in the file) from `PICODE_KEY_PASSPHRASE`. Chosen when that
 //!   variable is set when the file is created; it must then be set whenever
 //!   the file is read.
-//! - `keyfile`: 32 random bytes in `secrets.key` beside the file, created with
-//!   mode 0600. This protects against the secrets file leaking on its own
-//!   (backups, dotfile repos), not against someone who can read the user's
-//!   whole home directory; the passphrase mode is for that.
+//!
+//! Files of version 1 (before the `secrets` crate: XChaCha20-Poly1305, and
+//! in key-file mode 32 raw bytes in `secrets.key`) are still read. The first
+//! read rewrites them as version 2 under the new key, then deletes the old
+//! key file; a crash in between leaves a version 1 file that the next read
+//! migrates again.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,13 +29,17 @@ use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use secrets::SecretBox;
 use serde::{Deserialize, Serialize};
 
 use crate::config::SecretBackend;
 
 const KEYRING_SERVICE: &str = "picode";
 const SECRETS_FILE: &str = "secrets.json";
-const KEY_FILE: &str = "secrets.key";
+const KEY_FILE: &str = "secrets-v2.key";
+/// Version 1's key file: 32 raw bytes.
+const V1_KEY_FILE: &str = "secrets.key";
+const VERSION: u32 = 2;
 const PASSPHRASE_ENV: &str = "PICODE_KEY_PASSPHRASE";
 
 #[derive(Debug, thiserror::Error)]
@@ -153,13 +164,16 @@ struct SecretsFile {
     /// Hex salt for `argon2id`.
     #[serde(default)]
     salt: String,
-    entries: BTreeMap<String, SealedEntry>,
+    entries: BTreeMap<String, Sealed>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct SealedEntry {
-    nonce: String,
-    ciphertext: String,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Sealed {
+    /// Version 2: what `SecretBox::seal` returns.
+    Box(String),
+    /// Version 1: XChaCha20-Poly1305, hex.
+    XChaCha { nonce: String, ciphertext: String },
 }
 
 /// The encrypted-file fallback store.
@@ -167,6 +181,7 @@ struct SealedEntry {
 pub struct EncryptedFile {
     path: PathBuf,
     key_path: PathBuf,
+    v1_key_path: PathBuf,
     passphrase: Option<String>,
 }
 
@@ -176,6 +191,7 @@ impl EncryptedFile {
         EncryptedFile {
             path: config_dir.join(SECRETS_FILE),
             key_path: config_dir.join(KEY_FILE),
+            v1_key_path: config_dir.join(V1_KEY_FILE),
             passphrase,
         }
     }
@@ -187,14 +203,66 @@ impl EncryptedFile {
         }
     }
 
-    fn load(&self) -> Result<Option<SecretsFile>, SecretError> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| self.err(e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err(e)),
+    fn decrypt_err(&self) -> SecretError {
+        SecretError::Decrypt {
+            path: self.path.clone(),
         }
+    }
+
+    /// The file as stored, migrated to version 2 first when it is older.
+    fn load(&self) -> Result<Option<SecretsFile>, SecretError> {
+        let file: SecretsFile = match std::fs::read_to_string(&self.path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| self.err(e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        match file.version {
+            1 => self.migrate(file).map(Some),
+            VERSION => Ok(Some(file)),
+            other => Err(self.err(format!(
+                "version {other} is newer than this PiCode reads ({VERSION})"
+            ))),
+        }
+    }
+
+    /// Rewrites a version 1 file as version 2: every entry opened with the
+    /// old cipher and sealed again, the file replaced in one rename, and only
+    /// then the old key file removed.
+    fn migrate(&self, old: SecretsFile) -> Result<SecretsFile, SecretError> {
+        let v1 = self.v1_cipher(&old)?;
+        let mut file = SecretsFile {
+            version: VERSION,
+            kdf: old.kdf,
+            salt: old.salt,
+            entries: BTreeMap::new(),
+        };
+        let sealer = self.sealer(&file)?;
+        for (name, sealed) in &old.entries {
+            let plain = match sealed {
+                Sealed::XChaCha { nonce, ciphertext } => {
+                    self.open_v1(&v1, name, nonce, ciphertext)?
+                }
+                Sealed::Box(_) => return Err(self.err("a version 2 entry in a version 1 file")),
+            };
+            let value = sealer
+                .seal(name, plain.as_bytes())
+                .map_err(|e| self.err(e))?;
+            file.entries.insert(name.clone(), Sealed::Box(value));
+        }
+        self.save(&file)?;
+        if file.kdf == "keyfile" {
+            match std::fs::remove_file(&self.v1_key_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SecretError::File {
+                        path: self.v1_key_path.clone(),
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(file)
     }
 
     fn create(&self) -> Result<SecretsFile, SecretError> {
@@ -203,7 +271,7 @@ impl EncryptedFile {
             None => ("keyfile", String::new()),
         };
         Ok(SecretsFile {
-            version: 1,
+            version: VERSION,
             kdf: kdf.to_owned(),
             salt,
             entries: BTreeMap::new(),
@@ -215,55 +283,61 @@ impl EncryptedFile {
         write_private(&self.path, text.as_bytes()).map_err(|e| self.err(e))
     }
 
-    fn cipher(&self, file: &SecretsFile) -> Result<XChaCha20Poly1305, SecretError> {
+    /// The key derived from the passphrase, for `argon2id` files.
+    fn passphrase_key(&self, file: &SecretsFile) -> Result<[u8; 32], SecretError> {
+        let Some(passphrase) = &self.passphrase else {
+            return Err(SecretError::NeedPassphrase {
+                path: self.path.clone(),
+            });
+        };
+        let salt = hex::decode(&file.salt).map_err(|e| self.err(e))?;
+        let mut key = [0u8; 32];
+        argon2::Argon2::default()
+            .hash_password_into(passphrase.as_bytes(), &salt, &mut key)
+            .map_err(|e| self.err(e))?;
+        Ok(key)
+    }
+
+    /// The version 2 cipher of a file.
+    fn sealer(&self, file: &SecretsFile) -> Result<SecretBox, SecretError> {
+        match file.kdf.as_str() {
+            "argon2id" => Ok(SecretBox::from_key(&self.passphrase_key(file)?)),
+            "keyfile" => SecretBox::load_or_create(&self.key_path).map_err(|e| SecretError::File {
+                path: self.key_path.clone(),
+                message: e.to_string(),
+            }),
+            other => Err(self.err(format!("unknown kdf `{other}`"))),
+        }
+    }
+
+    /// The version 1 cipher of a file, to migrate it.
+    fn v1_cipher(&self, file: &SecretsFile) -> Result<XChaCha20Poly1305, SecretError> {
         let key = match file.kdf.as_str() {
-            "argon2id" => {
-                let Some(passphrase) = &self.passphrase else {
-                    return Err(SecretError::NeedPassphrase {
-                        path: self.path.clone(),
-                    });
+            "argon2id" => self.passphrase_key(file)?,
+            "keyfile" => {
+                let key_err = |message: String| SecretError::File {
+                    path: self.v1_key_path.clone(),
+                    message,
                 };
-                let salt = hex::decode(&file.salt).map_err(|e| self.err(e))?;
-                let mut key = [0u8; 32];
-                argon2::Argon2::default()
-                    .hash_password_into(passphrase.as_bytes(), &salt, &mut key)
-                    .map_err(|e| self.err(e))?;
-                key
+                std::fs::read(&self.v1_key_path)
+                    .map_err(|e| key_err(e.to_string()))?
+                    .try_into()
+                    .map_err(|_| key_err("expected exactly 32 bytes".to_owned()))?
             }
-            "keyfile" => self.key_from_file()?,
             other => return Err(self.err(format!("unknown kdf `{other}`"))),
         };
         Ok(XChaCha20Poly1305::new(&key.into()))
     }
 
-    fn key_from_file(&self) -> Result<[u8; 32], SecretError> {
-        let key_err = |message: String| SecretError::File {
-            path: self.key_path.clone(),
-            message,
-        };
-        match std::fs::read(&self.key_path) {
-            Ok(bytes) => bytes
-                .try_into()
-                .map_err(|_| key_err("expected exactly 32 bytes".to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = random_bytes::<32>()?;
-                write_private(&self.key_path, &key).map_err(|e| key_err(e.to_string()))?;
-                Ok(key)
-            }
-            Err(e) => Err(key_err(e.to_string())),
-        }
-    }
-
-    pub fn get(&self, name: &str) -> Result<Option<String>, SecretError> {
-        let Some(file) = self.load()? else {
-            return Ok(None);
-        };
-        let Some(sealed) = file.entries.get(name) else {
-            return Ok(None);
-        };
-        let cipher = self.cipher(&file)?;
-        let nonce = hex::decode(&sealed.nonce).map_err(|e| self.err(e))?;
-        let ciphertext = hex::decode(&sealed.ciphertext).map_err(|e| self.err(e))?;
+    fn open_v1(
+        &self,
+        cipher: &XChaCha20Poly1305,
+        name: &str,
+        nonce: &str,
+        ciphertext: &str,
+    ) -> Result<String, SecretError> {
+        let nonce = hex::decode(nonce).map_err(|e| self.err(e))?;
+        let ciphertext = hex::decode(ciphertext).map_err(|e| self.err(e))?;
         if nonce.len() != 24 {
             return Err(self.err("bad nonce length"));
         }
@@ -275,10 +349,24 @@ impl EncryptedFile {
                     aad: name.as_bytes(),
                 },
             )
-            .map_err(|_| SecretError::Decrypt {
-                path: self.path.clone(),
-            })?;
-        String::from_utf8(plain).map(Some).map_err(|e| self.err(e))
+            .map_err(|_| self.decrypt_err())?;
+        String::from_utf8(plain).map_err(|e| self.err(e))
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<String>, SecretError> {
+        let Some(file) = self.load()? else {
+            return Ok(None);
+        };
+        let Some(sealed) = file.entries.get(name) else {
+            return Ok(None);
+        };
+        let Sealed::Box(sealed) = sealed else {
+            return Err(self.err("a version 1 entry in a version 2 file"));
+        };
+        self.sealer(&file)?
+            .open_string(name, sealed)
+            .map(Some)
+            .map_err(|_| self.decrypt_err())
     }
 
     pub fn set(&self, name: &str, value: &str) -> Result<(), SecretError> {
@@ -286,24 +374,11 @@ impl EncryptedFile {
             Some(f) => f,
             None => self.create()?,
         };
-        let cipher = self.cipher(&file)?;
-        let nonce = random_bytes::<24>()?;
-        let ciphertext = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: value.as_bytes(),
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| self.err("encryption failed"))?;
-        file.entries.insert(
-            name.to_owned(),
-            SealedEntry {
-                nonce: hex::encode(nonce),
-                ciphertext: hex::encode(ciphertext),
-            },
-        );
+        let sealed = self
+            .sealer(&file)?
+            .seal(name, value.as_bytes())
+            .map_err(|e| self.err(e))?;
+        file.entries.insert(name.to_owned(), Sealed::Box(sealed));
         self.save(&file)
     }
 
@@ -391,6 +466,120 @@ mod tests {
         file.entries.insert("b".into(), a);
         store.save(&file).unwrap();
         assert!(matches!(store.get("b"), Err(SecretError::Decrypt { .. })));
+    }
+
+    /// A version 1 file as PiCode wrote it before the `secrets` crate.
+    fn write_v1(dir: &Path, passphrase: Option<&str>, entries: &[(&str, &str)]) {
+        let (kdf, salt, key) = match passphrase {
+            Some(p) => {
+                let salt = [7u8; 16];
+                let mut key = [0u8; 32];
+                argon2::Argon2::default()
+                    .hash_password_into(p.as_bytes(), &salt, &mut key)
+                    .unwrap();
+                ("argon2id", hex::encode(salt), key)
+            }
+            None => {
+                let key = [9u8; 32];
+                write_private(&dir.join(V1_KEY_FILE), &key).unwrap();
+                ("keyfile", String::new(), key)
+            }
+        };
+        let cipher = XChaCha20Poly1305::new(&key.into());
+        let mut sealed = BTreeMap::new();
+        for (i, (name, value)) in entries.iter().enumerate() {
+            let nonce = [i as u8; 24];
+            let ciphertext = cipher
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: value.as_bytes(),
+                        aad: name.as_bytes(),
+                    },
+                )
+                .unwrap();
+            sealed.insert(
+                (*name).to_owned(),
+                Sealed::XChaCha {
+                    nonce: hex::encode(nonce),
+                    ciphertext: hex::encode(ciphertext),
+                },
+            );
+        }
+        let file = SecretsFile {
+            version: 1,
+            kdf: kdf.to_owned(),
+            salt,
+            entries: sealed,
+        };
+        std::fs::write(
+            dir.join(SECRETS_FILE),
+            serde_json::to_string(&file).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_version_1_key_file_store_is_migrated_on_first_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write_v1(
+            dir.path(),
+            None,
+            &[("provider:a", "sk-one"), ("provider:b", "two")],
+        );
+        let store = EncryptedFile::new(dir.path(), None);
+        assert_eq!(store.get("provider:a").unwrap().as_deref(), Some("sk-one"));
+        // Rewritten under the new key; the old key is gone.
+        let text = std::fs::read_to_string(dir.path().join(SECRETS_FILE)).unwrap();
+        let file: SecretsFile = serde_json::from_str(&text).unwrap();
+        assert_eq!(file.version, VERSION);
+        assert!(file.entries.values().all(|e| matches!(e, Sealed::Box(_))));
+        assert!(!text.contains("sk-one"));
+        assert!(!dir.path().join(V1_KEY_FILE).exists());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(store.get("provider:b").unwrap().as_deref(), Some("two"));
+        store.set("provider:c", "three").unwrap();
+        assert_eq!(store.get("provider:c").unwrap().as_deref(), Some("three"));
+    }
+
+    #[test]
+    fn a_version_1_passphrase_store_is_migrated_only_with_its_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        write_v1(dir.path(), Some("correct horse"), &[("a", "one")]);
+        let none = EncryptedFile::new(dir.path(), None);
+        assert!(matches!(
+            none.get("a"),
+            Err(SecretError::NeedPassphrase { .. })
+        ));
+        let wrong = EncryptedFile::new(dir.path(), Some("battery staple".into()));
+        assert!(matches!(wrong.get("a"), Err(SecretError::Decrypt { .. })));
+        // Neither failure touched the file.
+        let text = std::fs::read_to_string(dir.path().join(SECRETS_FILE)).unwrap();
+        assert!(text.contains("\"version\":1"), "{text}");
+        let right = EncryptedFile::new(dir.path(), Some("correct horse".into()));
+        assert_eq!(right.get("a").unwrap().as_deref(), Some("one"));
+        assert_eq!(right.load().unwrap().unwrap().version, VERSION);
+        assert!(!dir.path().join(KEY_FILE).exists());
+        assert_eq!(right.get("a").unwrap().as_deref(), Some("one"));
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EncryptedFile::new(dir.path(), None);
+        store.set("a", "one").unwrap();
+        let key = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = store.get("a").unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::commands::{self, Command, CustomCommand};
 use crate::config::{Config, Paths};
 use crate::providers::{build_chain, ProviderSetupError, Resolved};
 use crate::secrets::SecretStore;
-use crate::store::{SessionInfo, Store, StoreError, UsageRecord};
+use crate::store::{self, NewSession, SessionInfo, Store, StoreError, TurnSave, UsageRecord};
 use crate::trust::ProjectTrust;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,18 +46,15 @@ pub struct App {
 }
 
 impl App {
-    pub async fn open(
-        config: Config,
-        paths: Paths,
-        trust: ProjectTrust,
-    ) -> Result<App, StoreError> {
-        let store = Store::open(&paths.database_file()).await?;
-        Ok(App {
+    /// The session database is opened on first use (see [`Store::deferred`]).
+    pub fn new(config: Config, paths: Paths, trust: ProjectTrust) -> App {
+        let store = Store::deferred(&paths.database_file());
+        App {
             config,
             paths,
             store,
             trust,
-        })
+        }
     }
 
     /// The sandbox and environment policy of this user's commands.
@@ -161,6 +158,10 @@ pub struct Session {
     session_cost: f64,
     /// The agent's rewrite count and history length at the last save.
     saved: Option<(u64, usize)>,
+    /// The session has a row in the database. A new session gets one with
+    /// its first turn, so nothing is written (or read) before the first
+    /// request, and a session left without a prompt leaves nothing behind.
+    stored: bool,
 }
 
 impl Session {
@@ -198,19 +199,15 @@ impl Session {
             trusted.then_some(app.paths.project.as_path()),
             &app.paths.config_dir,
         );
-        let project = app.project_key();
-        let id = match &options.resume {
-            Resume::New => {
+        let stored_id = match &options.resume {
+            Resume::New => None,
+            Resume::Last => Some(
                 app.store
-                    .create_session(&project, &resolved.primary, &resolved.model)
+                    .latest_session(&app.project_key())
                     .await?
-            }
-            Resume::Last => app
-                .store
-                .latest_session(&project)
-                .await?
-                .ok_or(SessionError::NoLastSession)?,
-            Resume::Id(id) => app.store.resolve_session(id).await?,
+                    .ok_or(SessionError::NoLastSession)?,
+            ),
+            Resume::Id(id) => Some(app.store.resolve_session(id).await?),
         };
         let mut session = Session {
             app,
@@ -222,9 +219,23 @@ impl Session {
             session_usage: Usage::default(),
             session_cost: 0.0,
             saved: None,
+            stored: false,
         };
-        session.load(&id).await?;
+        match stored_id {
+            Some(id) => session.load(&id).await?,
+            None => session.start_new(),
+        }
         Ok(session)
+    }
+
+    /// Starts an empty conversation under a new id, stored with its first turn.
+    fn start_new(&mut self) {
+        self.agent.clear();
+        self.saved = Some((self.agent.rewrites(), 0));
+        self.session_usage = Usage::default();
+        self.session_cost = 0.0;
+        self.id = store::new_session_id();
+        self.stored = false;
     }
 
     /// Switches to a stored session.
@@ -246,6 +257,7 @@ impl Session {
         self.session_usage = usage;
         self.session_cost = cost;
         self.id = id.to_owned();
+        self.stored = true;
         Ok(())
     }
 
@@ -288,17 +300,40 @@ impl Session {
     ) -> Result<TurnReport, SessionError> {
         let turn = self.agent.turn() + 1;
         let label = format!("picode session {} turn {turn}", self.id);
-        // The checkpoint (a few git processes) runs while the model starts
-        // answering; tools wait for it, so it still precedes every edit.
+        // The checkpoint (a few git processes) starts once the model has
+        // started answering, or when the turn ends without an answer: started
+        // with the request, its processes took half the CPU time of a short
+        // headless run and competed with sending the request on a busy
+        // machine. Tools wait for it, so it still precedes every edit.
         let toolbox = Arc::clone(self.agent.toolbox());
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let checkpointing = tokio::spawn(async move {
+            // A dropped sender (the turn is over) starts it too.
+            let _ = start_rx.await;
             let result = toolbox.begin_turn(&label).await;
             let _ = done_tx.send(true);
             result
         });
         self.agent.gate_tools(done_rx);
-        let report = self.agent.run_turn(prompt, approver, cancel, sink).await;
+        let mut start = Some(start_tx);
+        let downstream = &mut *sink;
+        // Owns the sender, so that dropping it after the turn starts a
+        // checkpoint that no answer started.
+        let mut relay = move |event: AgentEvent| {
+            let answering = !matches!(event, AgentEvent::TurnStarted { .. });
+            downstream(event);
+            if answering {
+                if let Some(start) = start.take() {
+                    let _ = start.send(());
+                }
+            }
+        };
+        let report = self
+            .agent
+            .run_turn(prompt, approver, cancel, &mut relay)
+            .await;
+        drop(relay);
         // A missing checkpoint only costs `/undo` for this turn; the user's
         // request still got its answer.
         let checkpoint = match checkpointing.await {
@@ -318,22 +353,19 @@ impl Session {
                 None
             }
         };
-        self.app
-            .store
-            .record_turn(&self.id, turn, prompt, checkpoint.as_deref())
-            .await?;
-        self.persist(&report).await?;
+        self.persist(prompt, checkpoint.as_deref(), &report).await?;
         Ok(report)
     }
 
     /// Stores the conversation: only what was appended since the last save,
     /// or all of it after a rewrite (compaction, `/undo`, `/clear`, resume).
+    /// A session not stored yet has nothing to save.
     async fn save_history(&mut self) -> Result<(), StoreError> {
+        if !self.stored {
+            return Ok(());
+        }
         let history = self.agent.history();
-        let keep = match self.saved {
-            Some((rewrites, len)) if rewrites == self.agent.rewrites() => len,
-            _ => 0,
-        };
+        let keep = self.saved_prefix();
         self.app
             .store
             .save_messages(&self.id, history, keep, &self.provider_name, &self.model)
@@ -342,26 +374,47 @@ impl Session {
         Ok(())
     }
 
-    async fn persist(&mut self, report: &TurnReport) -> Result<(), SessionError> {
-        self.save_history().await?;
-        let store = &self.app.store;
-        for call in &report.tool_calls {
-            store.record_tool_call(&self.id, report.turn, call).await?;
+    /// How many messages at the start of the history are stored as they are.
+    fn saved_prefix(&self) -> usize {
+        match self.saved {
+            Some((rewrites, len)) if rewrites == self.agent.rewrites() => len,
+            _ => 0,
         }
-        if report.usage != Usage::default() {
-            store
-                .record_usage(
-                    &self.id,
-                    report.turn,
-                    &UsageRecord {
-                        provider: self.provider_name.clone(),
-                        model: self.model.clone(),
-                        usage: report.usage,
-                        cost_usd: report.cost_usd,
-                    },
-                )
-                .await?;
-        }
+    }
+
+    /// Stores a finished turn, with the session itself when it is new.
+    async fn persist(
+        &mut self,
+        prompt: &str,
+        checkpoint: Option<&str>,
+        report: &TurnReport,
+    ) -> Result<(), SessionError> {
+        let project = (!self.stored).then(|| self.app.project_key());
+        let usage = (report.usage != Usage::default()).then(|| UsageRecord {
+            provider: self.provider_name.clone(),
+            model: self.model.clone(),
+            usage: report.usage,
+            cost_usd: report.cost_usd,
+        });
+        let history = self.agent.history();
+        self.app
+            .store
+            .save_turn(&TurnSave {
+                session: &self.id,
+                create: project.as_deref().map(|project| NewSession { project }),
+                turn: report.turn,
+                prompt,
+                checkpoint,
+                messages: history,
+                keep: self.saved_prefix(),
+                provider: &self.provider_name,
+                model: &self.model,
+                tool_calls: &report.tool_calls,
+                usage: usage.as_ref(),
+            })
+            .await?;
+        self.saved = Some((self.agent.rewrites(), history.len()));
+        self.stored = true;
         self.session_usage.add(report.usage);
         self.session_cost += report.cost_usd;
         Ok(())
@@ -390,14 +443,8 @@ impl Session {
             Command::Provider(None) => self.provider_list(),
             Command::Provider(Some(name)) => self.switch(Some(&name), None),
             Command::Clear => {
-                let id = self
-                    .app
-                    .store
-                    .create_session(&self.app.project_key(), &self.provider_name, &self.model)
-                    .await?;
-                self.load(&id).await?;
-                self.agent.clear();
-                format!("started a new session {id}")
+                self.start_new();
+                format!("started a new session {}", self.id)
             }
             Command::Redact(on) => {
                 let toolbox = self.agent.toolbox();

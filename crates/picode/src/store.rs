@@ -6,15 +6,18 @@
 //! calls (the workspace builds sqlx without its macros), kept in this one
 //! module so no other code holds SQL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use picode_llm::{Message, Usage};
 use picode_tools::private_fs;
 use serde::Serialize;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+};
 use sqlx::Row;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +93,40 @@ pub struct UsageRecord {
     pub cost_usd: f64,
 }
 
-/// The session database.
+/// A session that exists only in memory until its first turn is saved.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSession<'a> {
+    pub project: &'a str,
+}
+
+/// Everything one user turn leaves in the database, written in one
+/// transaction: the turn is stored whole or not at all.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnSave<'a> {
+    pub session: &'a str,
+    /// Set for the first turn of a new session: its row is written here.
+    pub create: Option<NewSession<'a>>,
+    pub turn: u32,
+    pub prompt: &'a str,
+    pub checkpoint: Option<&'a str>,
+    /// The whole conversation; the first `keep` messages are stored already.
+    pub messages: &'a [StoredMessage],
+    pub keep: usize,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub tool_calls: &'a [ToolCallRecord],
+    pub usage: Option<&'a UsageRecord>,
+}
+
+/// The session database, opened on its first use.
+///
+/// A new headless session needs nothing from the database until its first
+/// turn is over, so opening it (the file modes, the connection's pragmas,
+/// the migration check) waits until then instead of delaying the request.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    path: Arc<PathBuf>,
+    pool: Arc<tokio::sync::OnceCell<SqlitePool>>,
 }
 
 fn now() -> i64 {
@@ -104,7 +137,7 @@ fn now() -> i64 {
 }
 
 /// A new session id: 12 random hex digits, short enough to type in `--resume`.
-fn new_session_id() -> String {
+pub fn new_session_id() -> String {
     let mut bytes = [0u8; 6];
     // An id clash is caught by the primary key; a failing RNG falls back to the clock.
     if getrandom::getrandom(&mut bytes).is_err() {
@@ -117,47 +150,73 @@ fn new_session_id() -> String {
     hex::encode(bytes)
 }
 
+/// Opens (creating if needed) the database file and applies migrations.
+async fn open_pool(path: &Path) -> Result<SqlitePool, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    // Transcripts hold whatever the model read: the directory is 0700
+    // and the database files 0600, tightened when they already exist.
+    // An empty file made here with 0600 is a valid new database, and
+    // SQLite gives its -wal and -shm files the database file's mode.
+    let io_err = |e| open_err(sqlx::Error::Io(e));
+    if let Some(dir) = path.parent() {
+        private_fs::create_private_dir(dir).map_err(io_err)?;
+    }
+    if !path.exists() {
+        private_fs::write_private(path, b"").map_err(io_err)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        private_fs::tighten(Path::new(&file), 0o600).map_err(io_err)?;
+    }
+    let options = SqliteConnectOptions::from_str("sqlite:")
+        .map_err(open_err)?
+        .filename(path)
+        .create_if_missing(true)
+        // WAL lets `picode serve` read sessions while a terminal session writes.
+        .journal_mode(SqliteJournalMode::Wal)
+        // With WAL, NORMAL loses at most the last turns on power loss,
+        // never the database, and saves an fsync per write.
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(open_err)?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
 impl Store {
-    /// Opens (creating if needed) the database file and applies migrations.
+    /// Opens (creating if needed) the database file and applies migrations
+    /// now, so that a broken database is reported at once.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
-        // Transcripts hold whatever the model read: the directory is 0700
-        // and the database files 0600, tightened when they already exist.
-        // An empty file made here with 0600 is a valid new database, and
-        // SQLite gives its -wal and -shm files the database file's mode.
-        let io_err = |e| open_err(sqlx::Error::Io(e));
-        if let Some(dir) = path.parent() {
-            private_fs::create_private_dir(dir).map_err(io_err)?;
+        let store = Store::deferred(path);
+        store.pool().await?;
+        Ok(store)
+    }
+
+    /// A store whose file is opened (created, migrated) on first use; an
+    /// error opening it is returned by that first use.
+    pub fn deferred(path: &Path) -> Store {
+        Store {
+            path: Arc::new(path.to_owned()),
+            pool: Arc::new(tokio::sync::OnceCell::new()),
         }
-        if !path.exists() {
-            private_fs::write_private(path, b"").map_err(io_err)?;
-        }
-        for suffix in ["", "-wal", "-shm"] {
-            let mut file = path.as_os_str().to_owned();
-            file.push(suffix);
-            private_fs::tighten(Path::new(&file), 0o600).map_err(io_err)?;
-        }
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(open_err)?
-            .filename(path)
-            .create_if_missing(true)
-            // WAL lets `picode serve` read sessions while a terminal session writes.
-            .journal_mode(SqliteJournalMode::Wal)
-            // With WAL, NORMAL loses at most the last turns on power loss,
-            // never the database, and saves an fsync per write.
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+    }
+
+    /// Opens the database now if it is not open yet.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.pool().await.map(|_| ())
+    }
+
+    async fn pool(&self) -> Result<&SqlitePool, StoreError> {
+        self.pool.get_or_try_init(|| open_pool(&self.path)).await
     }
 
     /// Starts a new, empty session.
@@ -168,20 +227,54 @@ impl Store {
         model: &str,
     ) -> Result<String, StoreError> {
         let id = new_session_id();
-        let t = now();
-        sqlx::query(
-            "INSERT INTO sessions (id, project, provider, model, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(project)
-        .bind(provider)
-        .bind(model)
-        .bind(t)
-        .bind(t)
-        .execute(&self.pool)
-        .await?;
+        let mut conn = self.pool().await?.acquire().await?;
+        insert_session(&mut conn, &id, project, provider, model).await?;
         Ok(id)
+    }
+
+    /// Stores a finished user turn (and, for a new session, the session
+    /// itself) in one transaction.
+    ///
+    /// A new session's row is written here rather than when the session is
+    /// opened: the first write to the database can mean restarting the WAL
+    /// and syncing it, which would otherwise come before the first request.
+    pub async fn save_turn(&self, save: &TurnSave<'_>) -> Result<(), StoreError> {
+        let mut tx = self.pool().await?.begin().await?;
+        if let Some(new) = save.create {
+            insert_session(
+                &mut tx,
+                save.session,
+                new.project,
+                save.provider,
+                save.model,
+            )
+            .await?;
+        }
+        insert_turn(
+            &mut tx,
+            save.session,
+            save.turn,
+            save.prompt,
+            save.checkpoint,
+        )
+        .await?;
+        write_messages(
+            &mut tx,
+            save.session,
+            save.messages,
+            save.keep,
+            save.provider,
+            save.model,
+        )
+        .await?;
+        for call in save.tool_calls {
+            insert_tool_call(&mut tx, save.session, save.turn, call).await?;
+        }
+        if let Some(usage) = save.usage {
+            insert_usage(&mut tx, save.session, save.turn, usage).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Resolves a full id or a unique prefix of one.
@@ -189,7 +282,7 @@ impl Store {
         let pattern = format!("{}%", id_or_prefix.replace(['%', '_'], ""));
         let rows = sqlx::query("SELECT id FROM sessions WHERE id LIKE ? LIMIT 2")
             .bind(&pattern)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool().await?)
             .await?;
         match rows.as_slice() {
             [] => Err(StoreError::NoSuchSession(id_or_prefix.to_owned())),
@@ -204,7 +297,7 @@ impl Store {
             "SELECT id FROM sessions WHERE project = ? ORDER BY updated_at DESC, rowid DESC LIMIT 1",
         )
         .bind(project)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool().await?)
         .await?;
         Ok(row.map(|r| r.get("id")))
     }
@@ -226,7 +319,7 @@ impl Store {
         )
         .bind(project)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -249,7 +342,7 @@ impl Store {
         let rows =
             sqlx::query("SELECT turn, content FROM messages WHERE session_id = ? ORDER BY seq")
                 .bind(session)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool().await?)
                 .await?;
         rows.into_iter()
             .map(|r| {
@@ -263,11 +356,8 @@ impl Store {
             .collect()
     }
 
-    /// Makes the stored conversation equal `messages`.
-    ///
-    /// The first `keep` messages are known to be stored already and are left
-    /// alone, so saving after a turn writes only that turn's messages
-    /// instead of the whole (ever longer) history.
+    /// Makes the stored conversation equal `messages`, whose first `keep`
+    /// are stored already (after compaction, `/undo` or `/clear`).
     pub async fn save_messages(
         &self,
         session: &str,
@@ -276,33 +366,8 @@ impl Store {
         provider: &str,
         model: &str,
     ) -> Result<(), StoreError> {
-        let keep = keep.min(messages.len());
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM messages WHERE session_id = ? AND seq >= ?")
-            .bind(session)
-            .bind(keep as i64)
-            .execute(&mut *tx)
-            .await?;
-        for (seq, m) in messages.iter().enumerate().skip(keep) {
-            let role = serde_json::to_value(m.message.role)?;
-            sqlx::query(
-                "INSERT INTO messages (session_id, seq, turn, role, content) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(session)
-            .bind(seq as i64)
-            .bind(m.turn as i64)
-            .bind(role.as_str().unwrap_or_default())
-            .bind(serde_json::to_string(&m.message)?)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("UPDATE sessions SET updated_at = ?, provider = ?, model = ? WHERE id = ?")
-            .bind(now())
-            .bind(provider)
-            .bind(model)
-            .bind(session)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.pool().await?.begin().await?;
+        write_messages(&mut tx, session, messages, keep, provider, model).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -315,29 +380,9 @@ impl Store {
         prompt: &str,
         checkpoint: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT OR REPLACE INTO turns (session_id, turn, prompt, checkpoint, created_at)
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(session)
-        .bind(turn as i64)
-        .bind(prompt)
-        .bind(checkpoint)
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
-        let title: String = prompt
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(80)
-            .collect();
-        sqlx::query("UPDATE sessions SET title = ? WHERE id = ? AND title = ''")
-            .bind(title)
-            .bind(session)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.pool().await?.begin().await?;
+        insert_turn(&mut tx, session, turn, prompt, checkpoint).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -347,7 +392,7 @@ impl Store {
             "SELECT turn, prompt, checkpoint FROM turns WHERE session_id = ? ORDER BY turn",
         )
         .bind(session)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -364,7 +409,7 @@ impl Store {
         sqlx::query("DELETE FROM turns WHERE session_id = ? AND turn = ?")
             .bind(session)
             .bind(turn as i64)
-            .execute(&self.pool)
+            .execute(self.pool().await?)
             .await?;
         Ok(())
     }
@@ -375,21 +420,8 @@ impl Store {
         turn: u32,
         call: &ToolCallRecord,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tool_calls (session_id, turn, call_id, name, arguments, output, is_error, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(session)
-        .bind(turn as i64)
-        .bind(&call.call_id)
-        .bind(&call.name)
-        .bind(call.arguments.to_string())
-        .bind(&call.output)
-        .bind(call.is_error)
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool().await?.acquire().await?;
+        insert_tool_call(&mut conn, session, turn, call).await
     }
 
     /// Every tool call of a session, oldest first.
@@ -399,7 +431,7 @@ impl Store {
              WHERE session_id = ? ORDER BY id",
         )
         .bind(session)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool().await?)
         .await?;
         rows.into_iter()
             .map(|r| {
@@ -421,21 +453,8 @@ impl Store {
         turn: u32,
         record: &UsageRecord,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO usage (session_id, turn, provider, model, input_tokens, output_tokens, cost_usd, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(session)
-        .bind(turn as i64)
-        .bind(&record.provider)
-        .bind(&record.model)
-        .bind(record.usage.input_tokens as i64)
-        .bind(record.usage.output_tokens as i64)
-        .bind(record.cost_usd)
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool().await?.acquire().await?;
+        insert_usage(&mut conn, session, turn, record).await
     }
 
     /// Total usage and cost of a session.
@@ -446,7 +465,7 @@ impl Store {
              FROM usage WHERE session_id = ?",
         )
         .bind(session)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool().await?)
         .await?;
         let usage = Usage {
             input_tokens: row.get::<i64, _>("i") as u64,
@@ -455,6 +474,151 @@ impl Store {
         };
         Ok((usage, row.get("c")))
     }
+}
+
+async fn insert_session(
+    conn: &mut SqliteConnection,
+    id: &str,
+    project: &str,
+    provider: &str,
+    model: &str,
+) -> Result<(), StoreError> {
+    let t = now();
+    sqlx::query(
+        "INSERT INTO sessions (id, project, provider, model, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(project)
+    .bind(provider)
+    .bind(model)
+    .bind(t)
+    .bind(t)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes the stored conversation equal `messages`.
+///
+/// The first `keep` messages are known to be stored already and are left
+/// alone, so saving after a turn writes only that turn's messages instead of
+/// the whole (ever longer) history.
+async fn write_messages(
+    conn: &mut SqliteConnection,
+    session: &str,
+    messages: &[StoredMessage],
+    keep: usize,
+    provider: &str,
+    model: &str,
+) -> Result<(), StoreError> {
+    let keep = keep.min(messages.len());
+    sqlx::query("DELETE FROM messages WHERE session_id = ? AND seq >= ?")
+        .bind(session)
+        .bind(keep as i64)
+        .execute(&mut *conn)
+        .await?;
+    for (seq, m) in messages.iter().enumerate().skip(keep) {
+        let role = serde_json::to_value(m.message.role)?;
+        sqlx::query(
+            "INSERT INTO messages (session_id, seq, turn, role, content) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(session)
+        .bind(seq as i64)
+        .bind(m.turn as i64)
+        .bind(role.as_str().unwrap_or_default())
+        .bind(serde_json::to_string(&m.message)?)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query("UPDATE sessions SET updated_at = ?, provider = ?, model = ? WHERE id = ?")
+        .bind(now())
+        .bind(provider)
+        .bind(model)
+        .bind(session)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a user turn; the first one also titles the session.
+async fn insert_turn(
+    conn: &mut SqliteConnection,
+    session: &str,
+    turn: u32,
+    prompt: &str,
+    checkpoint: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO turns (session_id, turn, prompt, checkpoint, created_at)
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(session)
+    .bind(turn as i64)
+    .bind(prompt)
+    .bind(checkpoint)
+    .bind(now())
+    .execute(&mut *conn)
+    .await?;
+    let title: String = prompt
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(80)
+        .collect();
+    sqlx::query("UPDATE sessions SET title = ? WHERE id = ? AND title = ''")
+        .bind(title)
+        .bind(session)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_tool_call(
+    conn: &mut SqliteConnection,
+    session: &str,
+    turn: u32,
+    call: &ToolCallRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO tool_calls (session_id, turn, call_id, name, arguments, output, is_error, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(session)
+    .bind(turn as i64)
+    .bind(&call.call_id)
+    .bind(&call.name)
+    .bind(call.arguments.to_string())
+    .bind(&call.output)
+    .bind(call.is_error)
+    .bind(now())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_usage(
+    conn: &mut SqliteConnection,
+    session: &str,
+    turn: u32,
+    record: &UsageRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO usage (session_id, turn, provider, model, input_tokens, output_tokens, cost_usd, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(session)
+    .bind(turn as i64)
+    .bind(&record.provider)
+    .bind(&record.model)
+    .bind(record.usage.input_tokens as i64)
+    .bind(record.usage.output_tokens as i64)
+    .bind(record.cost_usd)
+    .bind(now())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -489,6 +653,78 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.load_messages(&id).await.unwrap(), rewritten);
+    }
+
+    #[tokio::test]
+    async fn a_turn_is_saved_whole_with_its_new_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("s.db");
+        let store = Store::deferred(&path);
+        // Nothing is touched until the first use.
+        assert!(!path.exists());
+        let id = new_session_id();
+        let messages = vec![
+            StoredMessage {
+                turn: 1,
+                message: Message::user("list the files"),
+            },
+            StoredMessage {
+                turn: 1,
+                message: Message::assistant_text("two files"),
+            },
+        ];
+        let call = ToolCallRecord {
+            call_id: "c1".into(),
+            name: "list_files".into(),
+            arguments: serde_json::json!({"path": "."}),
+            output: "a\nb".into(),
+            is_error: false,
+        };
+        let usage = UsageRecord {
+            provider: "prov".into(),
+            model: "m".into(),
+            usage: Usage {
+                input_tokens: 7,
+                output_tokens: 3,
+                ..Default::default()
+            },
+            cost_usd: 0.25,
+        };
+        let save = TurnSave {
+            session: &id,
+            create: Some(NewSession { project: "/p" }),
+            turn: 1,
+            prompt: "list the files",
+            checkpoint: Some("abc"),
+            messages: &messages,
+            keep: 0,
+            provider: "prov",
+            model: "m",
+            tool_calls: std::slice::from_ref(&call),
+            usage: Some(&usage),
+        };
+        store.save_turn(&save).await.unwrap();
+        let list = store.list_sessions(Some("/p"), 10).await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].id.as_str(), list[0].turns), (id.as_str(), 1));
+        assert_eq!(list[0].title, "list the files");
+        assert_eq!(store.load_messages(&id).await.unwrap(), messages);
+        assert_eq!(store.tool_calls(&id).await.unwrap(), vec![call.clone()]);
+        let (totals, cost) = store.usage_totals(&id).await.unwrap();
+        assert_eq!((totals.input_tokens, totals.output_tokens), (7, 3));
+        assert!((cost - 0.25).abs() < 1e-9);
+
+        // A save that fails (here: its session is created a second time)
+        // leaves nothing of its turn behind.
+        let second = TurnSave {
+            turn: 2,
+            prompt: "again",
+            keep: 2,
+            ..save
+        };
+        assert!(store.save_turn(&second).await.is_err());
+        assert_eq!(store.turns(&id).await.unwrap().len(), 1);
+        assert_eq!(store.tool_calls(&id).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

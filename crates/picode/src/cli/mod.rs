@@ -283,10 +283,7 @@ fn config_failure(err: &ConfigError) -> ExitCode {
 }
 
 async fn dispatch(cli: Cli, config: Config, paths: Paths, trust: ProjectTrust) -> ExitCode {
-    let app = match App::open(config, paths, trust).await {
-        Ok(app) => app,
-        Err(e) => return fail(Exit::Error, e),
-    };
+    let app = App::new(config, paths, trust);
     match cli.command {
         Some(Sub::Serve { listen }) => crate::serve::run_cli(app, listen).await,
         Some(Sub::Sessions { all }) => {

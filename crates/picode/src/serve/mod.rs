@@ -223,6 +223,11 @@ pub async fn run_cli(app: App, listen: Option<String>) -> ExitCode {
             app.paths.project.display()
         );
     }
+    // A server opens its database before it takes requests, so that a
+    // broken one stops it at start rather than failing every session.
+    if let Err(e) = app.store.ready().await {
+        return fail(Exit::Error, e);
+    }
     let listener = match TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(e) => return fail(Exit::Usage, format!("cannot listen on {addr}: {e}")),

@@ -15,5 +15,6 @@ mod provider;
 mod sdk;
 mod secrets;
 mod serve;
+mod sessions;
 mod trust;
 mod undo;
