@@ -16,6 +16,7 @@
 
 mod ffi;
 pub mod stats;
+pub mod trace;
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::Mutex;
@@ -53,6 +54,9 @@ pub enum Profile {
 /// receiver, where to listen (`0.0.0.0:port` or a local address).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
+    /// Names the link in statistics (librist's cname); the context's
+    /// `cname` when empty. ASCII letters, digits, `-` and `_`.
+    pub name: String,
     pub address: String,
     /// Share of the traffic this peer carries relative to the others; 0
     /// sends everything on it (duplicate path).
@@ -214,7 +218,7 @@ fn peer_url(config: &Config, link: &Link, listen: bool) -> String {
         if listen { "@" } else { "" },
         link.address,
         config.buffer_ms,
-        config.cname,
+        if link.name.is_empty() { &config.cname } else { &link.name },
     );
     if !listen {
         url.push_str(&format!("&weight={}", link.weight));
@@ -236,8 +240,12 @@ fn open(
     if config.passphrase.as_deref().is_some_and(|p| !valid_passphrase(p)) {
         return Err(RistError::Passphrase);
     }
-    if config.cname.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
-        return Err(RistError::Address(config.cname.clone()));
+    let bad_name = |n: &str| n.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    if let Some(name) = std::iter::once(&config.cname)
+        .chain(config.links.iter().map(|l| &l.name))
+        .find(|n| bad_name(n))
+    {
+        return Err(RistError::Address(name.clone()));
     }
     let sink: &'static Sink = Box::leak(Box::new(Sink {
         handler: Mutex::new(Some(handler)),

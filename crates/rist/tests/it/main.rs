@@ -16,7 +16,7 @@ fn free_port() -> u16 {
 fn config(address: String, passphrase: &str) -> Config {
     Config {
         profile: Profile::Main,
-        links: vec![Link { address, weight: 5 }],
+        links: vec![Link { name: String::new(), address, weight: 5 }],
         passphrase: Some(passphrase.into()),
         buffer_ms: 200,
         stats_interval_ms: 200,

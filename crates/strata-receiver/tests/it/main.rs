@@ -9,6 +9,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+mod media;
+mod netns;
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -118,10 +121,25 @@ async fn reports_ready_and_stats_takes_stop_and_refuses_nonsense() {
     assert_eq!(ready["pid"], pid);
     assert_eq!(ready["port"], port);
 
-    // What arrives on the port shows in the stats.
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // What RIST delivers with the stream's key shows in the stats.
+    let mut sender = rist::Sender::new(
+        &rist::Config {
+            profile: rist::Profile::Main,
+            links: vec![rist::Link {
+                name: String::new(),
+                address: format!("127.0.0.1:{port}"),
+                weight: 5,
+            }],
+            passphrase: Some("ab".repeat(32)),
+            buffer_ms: 200,
+            stats_interval_ms: 0,
+            cname: "test".into(),
+        },
+        |_| {},
+    )
+    .unwrap();
     for _ in 0..5 {
-        udp.send_to(&[0x47; 1316], ("127.0.0.1", port)).unwrap();
+        sender.write(&[0x47; 1316]).unwrap();
     }
     loop {
         let e = next(&mut lines).await;
@@ -130,6 +148,7 @@ async fn reports_ready_and_stats_takes_stop_and_refuses_nonsense() {
             break;
         }
     }
+    drop(sender);
 
     // The secrets are not in its arguments or environment.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();

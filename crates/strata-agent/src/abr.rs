@@ -1,0 +1,154 @@
+//! Adaptive bitrate: the encoder's target follows what the links deliver.
+//!
+//! Once a second the sender measures what the encoder actually produced and
+//! what each link carried (librist's bandwidth less its retransmissions, and
+//! its quality: the share of packets that needed no help). When the links
+//! fall behind the encoder, or need many retransmissions, the target drops
+//! to a little under what they delivered; after a run of clean seconds it
+//! climbs back by a tenth at a time. Judging by delivery rather than by the
+//! target is what keeps a link that silently caps its rate from being
+//! asked for more than it can carry.
+
+/// One second of measurements.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    /// What the encoder produced (kb/s), measured at its output.
+    pub encoder_kbps: f64,
+    pub links: Vec<LinkSample>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkSample {
+    /// Sent on this link, retransmissions included (kb/s).
+    pub sent_kbps: f64,
+    pub retry_kbps: f64,
+    /// librist's quality, 0 to 100.
+    pub quality: f64,
+    pub up: bool,
+}
+
+/// The controller's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Abr {
+    pub target_kbps: f64,
+    pub min_kbps: f64,
+    pub max_kbps: f64,
+    clean_seconds: u32,
+}
+
+/// Seconds without trouble before the target is raised.
+const CLEAN_BEFORE_RAISE: u32 = 4;
+
+impl Abr {
+    pub fn new(start_kbps: f64, min_kbps: f64, max_kbps: f64) -> Abr {
+        Abr {
+            target_kbps: start_kbps.clamp(min_kbps, max_kbps),
+            min_kbps,
+            max_kbps,
+            clean_seconds: 0,
+        }
+    }
+
+    /// Takes one second's sample; returns the new target when it changed.
+    pub fn step(&mut self, sample: &Sample) -> Option<f64> {
+        let up: Vec<&LinkSample> = sample.links.iter().filter(|l| l.up).collect();
+        let delivered: f64 = up.iter().map(|l| (l.sent_kbps - l.retry_kbps).max(0.0)).sum();
+        let sent: f64 = up.iter().map(|l| l.sent_kbps).sum();
+        let retries: f64 = up.iter().map(|l| l.retry_kbps).sum();
+        let worst_quality = up.iter().map(|l| l.quality).fold(100.0, f64::min);
+        let behind = sample.encoder_kbps > 0.0 && delivered < 0.85 * sample.encoder_kbps;
+        let retrying = sent > 0.0 && retries / sent > 0.10;
+        let congested = up.is_empty() || behind || retrying || worst_quality < 90.0;
+        let before = self.target_kbps;
+        if congested {
+            self.clean_seconds = 0;
+            // With every link down there is no measure of capacity: hold.
+            if !up.is_empty() {
+                let cap = if delivered > 0.0 { delivered * 0.9 } else { before };
+                self.target_kbps = (before * 0.8).min(cap).clamp(self.min_kbps, self.max_kbps);
+            }
+        } else {
+            self.clean_seconds += 1;
+            if self.clean_seconds >= CLEAN_BEFORE_RAISE {
+                self.clean_seconds = 0;
+                self.target_kbps = (before * 1.1).min(self.max_kbps);
+            }
+        }
+        ((self.target_kbps - before).abs() >= 1.0).then_some(self.target_kbps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(sent: f64, retry: f64, quality: f64) -> LinkSample {
+        LinkSample {
+            sent_kbps: sent,
+            retry_kbps: retry,
+            quality,
+            up: true,
+        }
+    }
+
+    #[test]
+    fn drops_to_what_the_links_delivered_then_climbs_back() {
+        let mut abr = Abr::new(4000.0, 300.0, 5000.0);
+        // The encoder makes 4000 but the links only get 2000 through.
+        let starved = Sample {
+            encoder_kbps: 4000.0,
+            links: vec![link(1500.0, 200.0, 80.0), link(900.0, 200.0, 85.0)],
+        };
+        let lowered = abr.step(&starved).expect("lowered");
+        assert!(lowered <= 2000.0 * 0.9 + 1.0, "{lowered}");
+        // Healthy seconds raise it again, a tenth at a time, not at once.
+        let healthy = Sample {
+            encoder_kbps: lowered,
+            links: vec![link(lowered / 2.0, 0.0, 100.0), link(lowered / 2.0, 0.0, 100.0)],
+        };
+        let mut raised = None;
+        for _ in 0..CLEAN_BEFORE_RAISE {
+            raised = abr.step(&healthy);
+        }
+        let raised = raised.expect("raised after clean seconds");
+        assert!((raised - lowered * 1.1).abs() < 1.0, "{raised}");
+    }
+
+    #[test]
+    fn judged_by_delivery_not_by_the_target() {
+        let mut abr = Abr::new(3000.0, 300.0, 5000.0);
+        // The encoder undershoots its target (a static scene): the links
+        // carry all of it, so nothing is wrong.
+        let sample = Sample {
+            encoder_kbps: 800.0,
+            links: vec![link(400.0, 0.0, 100.0), link(400.0, 0.0, 100.0)],
+        };
+        assert_eq!(abr.step(&sample), None);
+    }
+
+    #[test]
+    fn stays_within_bounds_and_holds_when_every_link_is_down() {
+        let mut abr = Abr::new(1000.0, 300.0, 1100.0);
+        let down = Sample {
+            encoder_kbps: 1000.0,
+            links: vec![LinkSample::default()],
+        };
+        assert_eq!(abr.step(&down), None);
+        let starved = Sample {
+            encoder_kbps: 1000.0,
+            links: vec![link(50.0, 40.0, 10.0)],
+        };
+        for _ in 0..10 {
+            abr.step(&starved);
+        }
+        assert_eq!(abr.target_kbps, 300.0);
+        let healthy = Sample {
+            encoder_kbps: 300.0,
+            links: vec![link(300.0, 0.0, 100.0)],
+        };
+        for _ in 0..100 {
+            abr.step(&healthy);
+        }
+        assert_eq!(abr.target_kbps, 1100.0);
+    }
+}
