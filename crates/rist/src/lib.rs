@@ -126,6 +126,8 @@ type Handler = Box<dyn Fn(Event) + Send + Sync>;
 /// bytes per context) and emptied, not freed, when its context is dropped.
 struct Sink {
     handler: Mutex<Option<Handler>>,
+    /// Our links' names in creation order (peer id 1 is the first).
+    links: Vec<String>,
 }
 
 impl Sink {
@@ -170,7 +172,13 @@ unsafe extern "C" fn on_stats(arg: *mut c_void, stats: *const ffi::RistStats) ->
     }
     // SAFETY: as in `on_log`.
     let sink = unsafe { &*(arg as *const Sink) };
-    if let Some(parsed) = json.as_deref().and_then(Stats::parse) {
+    if let Some(mut parsed) = json.as_deref().and_then(Stats::parse) {
+        if let Stats::SenderPeer(peer) = &mut parsed {
+            let index = usize::try_from(peer.peer_id).unwrap_or(0).wrapping_sub(1);
+            if let Some(name) = sink.links.get(index) {
+                peer.link = name.clone();
+            }
+        }
         sink.emit(Event::Stats(parsed));
     }
     0
@@ -249,6 +257,7 @@ fn open(
     }
     let sink: &'static Sink = Box::leak(Box::new(Sink {
         handler: Mutex::new(Some(handler)),
+        links: config.links.iter().map(|l| l.name.clone()).collect(),
     }));
     let arg = sink as *const Sink as *mut c_void;
     let mut ctx = Ctx {

@@ -14,11 +14,19 @@ pub enum Stats {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SenderPeerStats {
     pub peer_id: u64,
+    /// The name of our link this peer is (`Link::name`), filled in by the
+    /// sender from the peer's id: librist numbers a context's peers 1, 2,
+    /// ... in the order they were created.
+    pub link: String,
+    /// The remote's name, once it has told it.
     pub cname: String,
     /// Bits per second sent, retransmissions included.
     pub bandwidth_bps: f64,
     pub retry_bandwidth_bps: f64,
     pub sent: u64,
+    /// Control packets (RTCP) received from the remote in the interval:
+    /// none means the link carries nothing back, so it is down.
+    pub received: u64,
     pub retransmitted: u64,
     /// librist's quality: share of packets sent without trouble, percent.
     pub quality: f64,
@@ -56,6 +64,7 @@ impl Stats {
             let s = peer.get("stats").unwrap_or(peer);
             return Some(Stats::SenderPeer(SenderPeerStats {
                 peer_id: count(peer, "id"),
+                link: String::new(),
                 cname: peer
                     .get("cname")
                     .and_then(Value::as_str)
@@ -64,6 +73,7 @@ impl Stats {
                 bandwidth_bps: num(s, "bandwidth"),
                 retry_bandwidth_bps: num(s, "retry_bandwidth"),
                 sent: count(s, "sent"),
+                received: count(s, "received"),
                 retransmitted: count(s, "retransmitted"),
                 quality: num(s, "quality"),
                 rtt_ms: num(s, "rtt"),

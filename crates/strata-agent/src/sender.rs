@@ -126,6 +126,8 @@ fn pipeline_description(config: &SendConfig) -> String {
 #[derive(Debug, Clone, Default)]
 struct LinkReport {
     at: Option<Instant>,
+    /// The receiver answered on this link in the last interval.
+    heard: bool,
     sent_kbps: f64,
     retry_kbps: f64,
     quality: f64,
@@ -206,9 +208,10 @@ impl Stream {
                 rist::Event::Stats(rist::Stats::SenderPeer(p)) => {
                     let mut links = shared.links.lock().unwrap_or_else(|e| e.into_inner());
                     links.insert(
-                        p.cname.clone(),
+                        p.link.clone(),
                         LinkReport {
                             at: Some(Instant::now()),
+                            heard: p.received > 0,
                             sent_kbps: p.bandwidth_bps / 1000.0,
                             retry_kbps: p.retry_bandwidth_bps / 1000.0,
                             quality: p.quality,
@@ -346,7 +349,7 @@ fn control_loop(
         let mut samples = Vec::new();
         for name in names {
             let report = reports.get(name).cloned().unwrap_or_default();
-            let up = report.at.is_some_and(|t| t.elapsed() < LINK_SILENT) && report.quality > 0.0;
+            let up = report.heard && report.at.is_some_and(|t| t.elapsed() < LINK_SILENT);
             samples.push(LinkSample {
                 sent_kbps: report.sent_kbps,
                 retry_kbps: report.retry_kbps,

@@ -81,3 +81,37 @@ fn a_wrong_key_delivers_nothing_and_says_so() {
         "no error logged"
     );
 }
+
+#[test]
+fn sender_stats_name_each_link() {
+    let port = free_port();
+    let dead = free_port();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let _receiver = Receiver::new(&config(format!("127.0.0.1:{port}"), &"ab".repeat(32)), |_| {}).unwrap();
+    let sink = events.clone();
+    let mut c = config(format!("127.0.0.1:{port}"), &"ab".repeat(32));
+    c.links = vec![
+        Link { name: "dead".into(), address: format!("127.0.0.1:{dead}"), weight: 5 },
+        Link { name: "alive".into(), address: format!("127.0.0.1:{port}"), weight: 5 },
+    ];
+    let mut sender = Sender::new(&c, move |e| sink.lock().unwrap().push(e)).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3500) {
+        sender.write(&[0x47; 1316]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let events = events.lock().unwrap();
+    let last = |name: &str| {
+        events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::Stats(Stats::SenderPeer(p)) if p.link == name => Some(p.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no stats for {name}"))
+    };
+    // The link with nobody at the other end hears nothing back.
+    assert_eq!(last("dead").received, 0);
+    assert!(last("alive").received > 0);
+}

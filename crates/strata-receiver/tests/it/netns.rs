@@ -122,17 +122,17 @@ impl Net {
         // Loss and blackouts: a chain per link at each side's input.
         for (ns, side) in [(&net.tx, 0), (&net.rx, 1)] {
             let mut rules = String::from(
-                "table inet strata { chain input { type filter hook input priority 0; ",
+                "table inet strata {\n chain input {\n type filter hook input priority 0;\n",
             );
             for (i, l) in net.links.iter().enumerate() {
                 let dev = if side == 0 { &l.tx_if } else { &l.rx_if };
-                rules.push_str(&format!("iifname \"{dev}\" jump link{i}; "));
+                rules.push_str(&format!("iifname \"{dev}\" jump link{i}\n"));
             }
-            rules.push_str("} ");
+            rules.push_str("}\n");
             for i in 0..net.links.len() {
-                rules.push_str(&format!("chain link{i} {{ }} "));
+                rules.push_str(&format!("chain link{i} {{\n}}\n"));
             }
-            rules.push('}');
+            rules.push_str("}\n");
             let path = std::env::temp_dir().join(format!("strata-nft-{}-{side}.nft", net.tx));
             std::fs::write(&path, &rules).unwrap();
             sh(&format!("ip netns exec {ns} nft -f {}", path.display()));
