@@ -246,8 +246,11 @@ impl Stream {
                         while !shared.stop.load(Ordering::Relaxed) {
                             let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_mseconds(100))
                             else {
+                                // `is_eos` is also true before the pipeline
+                                // plays (this thread starts first): only
+                                // wait, never leave, until told to stop.
                                 if appsink.is_eos() {
-                                    break;
+                                    std::thread::sleep(Duration::from_millis(100));
                                 }
                                 continue;
                             };

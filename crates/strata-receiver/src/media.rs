@@ -55,7 +55,9 @@ impl MediaState {
 struct Slot {
     destination: ReceiverDestination,
     egress: Option<Egress>,
+    /// Rebuilds so far, and failures since the output last wrote.
     restarts: u64,
+    failures: u64,
     retry_at: Instant,
 }
 
@@ -123,6 +125,7 @@ pub fn start(
             destination,
             egress: None,
             restarts: 0,
+            failures: 0,
             retry_at: Instant::now(),
         });
     }
@@ -268,88 +271,85 @@ fn watchdog(
     let mut last_stats = Instant::now();
     while !state.stop.load(Ordering::Relaxed) {
         std::thread::sleep(tick);
-        let mut rebuild = Vec::new();
+        let now = Instant::now();
+        let input = state.input_recent(Duration::from_secs(2));
+        // Decide under the lock; stop and start pipelines outside it, so
+        // the input thread is never held up while they change state.
+        let mut to_stop = Vec::new();
+        let mut to_start = Vec::new();
         {
             let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let input = state.input_recent(Duration::from_secs(2));
             for (i, slot) in slots.iter_mut().enumerate() {
-                match &mut slot.egress {
-                    None if now >= slot.retry_at => rebuild.push((i, None)),
-                    None => {}
-                    Some(egress) => {
-                        egress.poll_bus();
-                        let stalled = input
-                            && egress.started.elapsed() > config.stall_after
-                            && egress.quiet_for() > config.stall_after;
-                        if let Some(reason) = egress.failed.clone() {
-                            rebuild.push((i, Some(reason)));
-                        } else if stalled {
-                            rebuild.push((i, Some(format!("no output for {:?}", config.stall_after))));
-                        }
+                let Some(egress) = &mut slot.egress else {
+                    if now >= slot.retry_at {
+                        to_start.push((i, slot.destination.clone(), slot.restarts));
                     }
+                    continue;
+                };
+                egress.poll_bus();
+                if egress.bytes_out() > 0 {
+                    slot.failures = 0;
                 }
-            }
-            // Take the pipelines to rebuild out of the table, so the input
-            // thread is never held up while they stop and start.
-            let mut old = Vec::new();
-            for (i, reason) in &rebuild {
-                if let Some(egress) = slots[*i].egress.take() {
-                    old.push((egress, reason.clone()));
+                let stalled = input
+                    && egress.started.elapsed() > config.stall_after
+                    && egress.quiet_for() > config.stall_after;
+                let reason = match (&egress.failed, stalled) {
+                    (Some(error), _) => error.clone(),
+                    (None, true) => format!("no output for {:?}", config.stall_after),
+                    (None, false) => continue,
+                };
+                // An output that fails at once (a server that refuses) is
+                // retried after a growing delay; a stalled one at once.
+                let delay = if egress.failed.is_some() {
+                    slot.failures += 1;
+                    retry_delay(slot.failures - 1)
+                } else {
+                    Duration::ZERO
+                };
+                slot.restarts += 1;
+                slot.retry_at = now + delay;
+                if let Some(egress) = slot.egress.take() {
+                    to_stop.push((egress, reason));
                 }
-            }
-            drop(slots);
-            for (egress, reason) in old {
-                error_event(
-                    &events,
-                    &config.stream_id,
-                    format!(
-                        "output {} rebuilt: {}",
-                        egress.target.hint,
-                        reason.unwrap_or_default()
-                    ),
-                );
-                egress.stop();
             }
         }
-        for (i, reason) in rebuild {
-            let destination = {
-                let slots = slots.lock().unwrap_or_else(|p| p.into_inner());
-                slots[i].destination.clone()
-            };
-            let restarts = {
-                let slots = slots.lock().unwrap_or_else(|p| p.into_inner());
-                slots[i].restarts + u64::from(reason.is_some())
-            };
+        for (egress, reason) in to_stop {
+            error_event(
+                &events,
+                &config.stream_id,
+                format!("output {} restarts: {reason}", egress.target.hint),
+            );
+            egress.stop();
+        }
+        for (i, destination, restarts) in to_start {
             let started = Target::parse(&destination).and_then(|t| Egress::start(t, restarts));
             let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = &mut slots[i];
-            slot.restarts = restarts;
             match started {
-                Ok(egress) => slot.egress = Some(egress),
+                Ok(egress) => slots[i].egress = Some(egress),
                 Err(e) => {
-                    slot.retry_at = Instant::now() + retry_delay(restarts);
+                    slots[i].failures += 1;
+                    slots[i].retry_at = Instant::now() + retry_delay(slots[i].failures - 1);
                     drop(slots);
-                    error_event(&events, &config.stream_id, format!("output {}: {e:#}", destination.platform));
-                    continue;
+                    error_event(
+                        &events,
+                        &config.stream_id,
+                        format!("output {}: {e:#}", destination.platform),
+                    );
                 }
-            }
-            if reason.is_some() {
-                // A failing output is not retried faster than its backoff.
-                slot.retry_at = Instant::now() + retry_delay(restarts);
             }
         }
         if last_stats.elapsed() >= Duration::from_secs(1) {
             let interval = last_stats.elapsed();
             last_stats = Instant::now();
-            let input = state.input_recent(Duration::from_secs(2));
             let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
             let stats = slots
                 .iter_mut()
                 .map(|slot| match &mut slot.egress {
                     Some(e) => {
                         let stalled = input && e.quiet_for() > Duration::from_secs(2);
-                        e.stats(interval, stalled)
+                        let mut stats = e.stats(interval, stalled);
+                        stats.restarts = slot.restarts;
+                        stats
                     }
                     None => EgressStats {
                         platform: slot.destination.platform.clone(),

@@ -64,6 +64,15 @@ struct Receiver {
     proc: Proc,
     events: Lines,
     control: UnixStream,
+    log: PathBuf,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- receiver log:\n{}", tail(&self.log));
+        }
+    }
 }
 
 impl Receiver {
@@ -99,6 +108,7 @@ impl Receiver {
             proc,
             events,
             control,
+            log: dir.join("receiver.log"),
         }
     }
 
@@ -108,7 +118,7 @@ impl Receiver {
             .expect("the receiver reports stats")
     }
 
-    fn stop(mut self) {
+    fn stop(&mut self) {
         let _ = self.control.write_all(b"{\"cmd\":\"stop\"}\n");
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -123,9 +133,25 @@ impl Receiver {
 struct Agent {
     proc: Proc,
     stats: Lines,
+    log: PathBuf,
 }
 
-fn start_agent(net: &Net, psk: &str) -> Agent {
+/// The last lines of a log, for a failing test's output.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- agent log:\n{}", tail(&self.log));
+        }
+    }
+}
+
+fn start_agent(net: &Net, dir: &Path, psk: &str) -> Agent {
     let (bin, _) = bins();
     let links: Vec<String> = net
         .links
@@ -146,7 +172,8 @@ fn start_agent(net: &Net, psk: &str) -> Agent {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .env("RUST_LOG", "info")
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(psk.as_bytes()).unwrap();
@@ -154,6 +181,7 @@ fn start_agent(net: &Net, psk: &str) -> Agent {
     Agent {
         proc: Proc(child),
         stats,
+        log: dir.join("agent.log"),
     }
 }
 
@@ -205,8 +233,8 @@ fn steady_run_delivers_every_frame_to_rtmp() {
     let net = Net::new(3000);
     let dir = tempfile::tempdir().unwrap();
     let rtmp = Rtmp::start(&net, dir.path(), RTMP_PORT);
-    let receiver = Receiver::start(&net, dir.path(), &psk("a1"), rtmp_destination("steady"), &[]);
-    let agent = start_agent(&net, &psk("a1"));
+    let mut receiver = Receiver::start(&net, dir.path(), &psk("a1"), rtmp_destination("steady"), &[]);
+    let agent = start_agent(&net, dir.path(), &psk("a1"));
     std::thread::sleep(Duration::from_secs(12));
 
     let stats = receiver.last_stats();
@@ -230,9 +258,9 @@ fn a_link_blacked_out_for_ten_seconds_costs_no_frame_and_rejoins() {
     let net = Net::new(3000);
     let dir = tempfile::tempdir().unwrap();
     let rtmp = Rtmp::start(&net, dir.path(), RTMP_PORT);
-    let receiver =
+    let mut receiver =
         Receiver::start(&net, dir.path(), &psk("b2"), rtmp_destination("blackout"), &[]);
-    let agent = start_agent(&net, &psk("b2"));
+    let agent = start_agent(&net, dir.path(), &psk("b2"));
     std::thread::sleep(Duration::from_secs(4));
     net.blackout(0, true);
     std::thread::sleep(Duration::from_secs(5));
@@ -265,8 +293,8 @@ fn random_loss_of_two_and_half_a_percent_leaves_none() {
     net.loss(1, 5);
     let dir = tempfile::tempdir().unwrap();
     let rtmp = Rtmp::start(&net, dir.path(), RTMP_PORT);
-    let receiver = Receiver::start(&net, dir.path(), &psk("c3"), rtmp_destination("loss"), &[]);
-    let agent = start_agent(&net, &psk("c3"));
+    let mut receiver = Receiver::start(&net, dir.path(), &psk("c3"), rtmp_destination("loss"), &[]);
+    let agent = start_agent(&net, dir.path(), &psk("c3"));
     std::thread::sleep(Duration::from_secs(14));
     let stats = receiver.last_stats();
     assert_eq!(stats["rist"]["lost"], 0, "residual loss: {stats}");
@@ -283,7 +311,7 @@ fn a_wrong_key_decodes_nothing_reports_it_and_crashes_nothing() {
     let rtmp = Rtmp::start(&net, dir.path(), RTMP_PORT);
     let mut receiver =
         Receiver::start(&net, dir.path(), &psk("d4"), rtmp_destination("wrongkey"), &[]);
-    let mut agent = start_agent(&net, &psk("e5"));
+    let mut agent = start_agent(&net, dir.path(), &psk("e5"));
     std::thread::sleep(Duration::from_secs(6));
     let error = receiver
         .events
@@ -320,14 +348,14 @@ fn an_srt_listener_receives_decodable_video() {
         .unwrap();
     let listener = Proc(listener);
     std::thread::sleep(Duration::from_millis(500));
-    let receiver = Receiver::start(
+    let mut receiver = Receiver::start(
         &net,
         dir.path(),
         &psk("f6"),
         json!([{"platform": "srt", "url": "srt://127.0.0.1:9000", "stream_key": passphrase}]),
         &[],
     );
-    let agent = start_agent(&net, &psk("f6"));
+    let agent = start_agent(&net, dir.path(), &psk("f6"));
     std::thread::sleep(Duration::from_secs(8));
     drop(agent);
     receiver.stop();
@@ -352,14 +380,14 @@ fn a_wedged_rtmp_output_is_rebuilt_without_dropping_the_input() {
     let dir = tempfile::tempdir().unwrap();
     let first = tempfile::tempdir().unwrap();
     let rtmp = Rtmp::start(&net, first.path(), RTMP_PORT);
-    let receiver = Receiver::start(
+    let mut receiver = Receiver::start(
         &net,
         dir.path(),
         &psk("a7"),
         rtmp_destination("wedge"),
         &["--egress-stall-secs", "2"],
     );
-    let agent = start_agent(&net, &psk("a7"));
+    let agent = start_agent(&net, dir.path(), &psk("a7"));
     std::thread::sleep(Duration::from_secs(4));
     // The server goes away and comes back (a restarted ingest).
     drop(rtmp);

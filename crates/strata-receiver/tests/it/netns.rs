@@ -184,7 +184,6 @@ impl Drop for Net {
 /// nginx with the RTMP module inside a namespace, recording every stream
 /// published to `rtmp://127.0.0.1:PORT/live/NAME` to `DIR/rec/NAME.flv`.
 pub struct Rtmp {
-    pub port: u16,
     pub rec: PathBuf,
     _proc: Proc,
 }
@@ -221,7 +220,6 @@ impl Rtmp {
             .spawn()
             .unwrap_or_else(|e| panic!("nginx: {e} ({INSTALL})"));
         Rtmp {
-            port,
             rec,
             _proc: Proc(child),
         }
