@@ -4,8 +4,8 @@
 //! what each link carried (librist's bandwidth less its retransmissions, and
 //! its quality: the share of packets that needed no help). When the links
 //! fall behind the encoder, or need many retransmissions, the target drops
-//! to a little under what they delivered; after a run of clean seconds it
-//! climbs back by a tenth at a time. Judging by delivery rather than by the
+//! to a little under what they delivered; after two clean seconds it
+//! climbs back by 8% at a time. Judging by delivery rather than by the
 //! target is what keeps a link that silently caps its rate from being
 //! asked for more than it can carry.
 
@@ -36,8 +36,9 @@ pub struct Abr {
     clean_seconds: u32,
 }
 
-/// Seconds without trouble before the target is raised.
-const CLEAN_BEFORE_RAISE: u32 = 4;
+/// Seconds without trouble before the target is raised, and by how much.
+const CLEAN_BEFORE_RAISE: u32 = 2;
+const RAISE: f64 = 1.08;
 
 impl Abr {
     pub fn new(start_kbps: f64, min_kbps: f64, max_kbps: f64) -> Abr {
@@ -71,7 +72,7 @@ impl Abr {
             self.clean_seconds += 1;
             if self.clean_seconds >= CLEAN_BEFORE_RAISE {
                 self.clean_seconds = 0;
-                self.target_kbps = (before * 1.1).min(self.max_kbps);
+                self.target_kbps = (before * RAISE).min(self.max_kbps);
             }
         }
         ((self.target_kbps - before).abs() >= 1.0).then_some(self.target_kbps)
@@ -101,7 +102,7 @@ mod tests {
         };
         let lowered = abr.step(&starved).expect("lowered");
         assert!(lowered <= 2000.0 * 0.9 + 1.0, "{lowered}");
-        // Healthy seconds raise it again, a tenth at a time, not at once.
+        // Healthy seconds raise it again, a step at a time, not at once.
         let healthy = Sample {
             encoder_kbps: lowered,
             links: vec![link(lowered / 2.0, 0.0, 100.0), link(lowered / 2.0, 0.0, 100.0)],
@@ -111,7 +112,7 @@ mod tests {
             raised = abr.step(&healthy);
         }
         let raised = raised.expect("raised after clean seconds");
-        assert!((raised - lowered * 1.1).abs() < 1.0, "{raised}");
+        assert!((raised - lowered * RAISE).abs() < 1.0, "{raised}");
     }
 
     #[test]

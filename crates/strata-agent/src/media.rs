@@ -232,13 +232,13 @@ mod tests {
     #[test]
     fn links_default_to_the_receivers_address() {
         let mut options = MediaOptions::default();
-        let c = options.send_config("rx", 7000, [0; 32], Source::Pattern);
+        let c = options.send_config("rx", 7000, [0; 32], Source::Pattern("smpte".into()));
         assert_eq!(c.links[0].address, "rx:7000");
         options.links = vec![
             LinkSpec::parse("a=10.1.0.2@3").unwrap(),
             LinkSpec::parse("b").unwrap(),
         ];
-        let c = options.send_config("rx", 7000, [0; 32], Source::Pattern);
+        let c = options.send_config("rx", 7000, [0; 32], Source::Pattern("smpte".into()));
         let addresses: Vec<&str> = c.links.iter().map(|l| l.address.as_str()).collect();
         assert_eq!(addresses, ["10.1.0.2:7000", "rx:7000"]);
     }

@@ -20,8 +20,10 @@ use crate::abr::{Abr, LinkSample, Sample};
 /// What to encode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// Colour bars, a 440 Hz tone and the running time burnt in.
-    Pattern,
+    /// Colour bars (or another `videotestsrc` pattern: `snow` is noise no
+    /// encoder can shrink, for filling links), a 440 Hz tone and the
+    /// running time burnt in.
+    Pattern(String),
     /// A media file, played in real time.
     File(std::path::PathBuf),
     /// A V4L2 camera (audio: ALSA's default capture device).
@@ -29,11 +31,20 @@ pub enum Source {
 }
 
 impl Source {
-    /// Reads a stream's `input`: `test-pattern` (or none), `file:PATH`,
-    /// `v4l2:/dev/videoN`.
+    /// Reads a stream's `input`: `test-pattern[:NAME]` (or none),
+    /// `file:PATH`, `v4l2:/dev/videoN`.
     pub fn parse(input: Option<&str>) -> Result<Source, String> {
         match input.map(str::trim) {
-            None | Some("") | Some("test-pattern") | Some("pattern") => Ok(Source::Pattern),
+            None | Some("") | Some("test-pattern") | Some("pattern") => {
+                Ok(Source::Pattern("smpte".into()))
+            }
+            Some(s) if s.starts_with("test-pattern:") => {
+                let name = &s["test-pattern:".len()..];
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    return Err(format!("unknown test pattern {name:?}"));
+                }
+                Ok(Source::Pattern(name.into()))
+            }
             Some(s) if s.starts_with("file:") => Ok(Source::File(s["file:".len()..].into())),
             Some(s) if s.starts_with("v4l2:") => Ok(Source::Device(s["v4l2:".len()..].into())),
             Some(other) => Err(format!("unknown input {other:?}")),
@@ -92,8 +103,8 @@ fn pipeline_description(config: &SendConfig) -> String {
         "audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=2 ! avenc_aac bitrate=64000 ! \
          aacparse ! queue ! mux.";
     let (video, audio, sync) = match &config.source {
-        Source::Pattern => (
-            format!("videotestsrc is-live=true pattern=smpte ! {raw_video} ! {encode_video}"),
+        Source::Pattern(pattern) => (
+            format!("videotestsrc is-live=true pattern={pattern} ! {raw_video} ! {encode_video}"),
             format!("audiotestsrc is-live=true wave=sine freq=440 volume=0.2 ! {encode_audio}"),
             false,
         ),
@@ -389,8 +400,14 @@ mod tests {
 
     #[test]
     fn inputs_are_named_sources() {
-        assert_eq!(Source::parse(None), Ok(Source::Pattern));
-        assert_eq!(Source::parse(Some("test-pattern")), Ok(Source::Pattern));
+        let bars = Source::Pattern("smpte".into());
+        assert_eq!(Source::parse(None), Ok(bars.clone()));
+        assert_eq!(Source::parse(Some("test-pattern")), Ok(bars));
+        assert_eq!(
+            Source::parse(Some("test-pattern:snow")),
+            Ok(Source::Pattern("snow".into()))
+        );
+        assert!(Source::parse(Some("test-pattern:a b")).is_err());
         assert_eq!(
             Source::parse(Some("file:/m/a.mp4")),
             Ok(Source::File("/m/a.mp4".into()))
@@ -406,7 +423,7 @@ mod tests {
     fn the_pattern_pipeline_parses() {
         gst::init().unwrap();
         let config = SendConfig {
-            source: Source::Pattern,
+            source: Source::Pattern("snow".into()),
             links: vec![],
             psk: [0; 32],
             buffer_ms: 1000,
