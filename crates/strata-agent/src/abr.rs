@@ -1,13 +1,15 @@
 //! Adaptive bitrate: the encoder's target follows what the links deliver.
 //!
 //! Once a second the sender measures what the encoder actually produced and
-//! what each link carried (librist's bandwidth less its retransmissions, and
-//! its quality: the share of packets that needed no help). When the links
-//! fall behind the encoder, or need many retransmissions, the target drops
-//! to a little under what they delivered; after two clean seconds it
-//! climbs back by 8% at a time. Judging by delivery rather than by the
-//! target is what keeps a link that silently caps its rate from being
-//! asked for more than it can carry.
+//! what each link carried (librist's bandwidth, and the share of its packets
+//! that were retransmissions). When the links fall behind the encoder, or
+//! resend more than a tenth of their packets, the target is scaled so that
+//! the encoder's measured output lands at 92% of what the links delivered;
+//! after two clean seconds it climbs back by 8% at a time. Judging by
+//! measured output and delivery rather than by the target matters twice:
+//! a link that silently caps its rate is not asked for more than it
+//! carries, and an encoder that overshoots its target (x264 on noise
+//! produced 1.6 times what it was asked for) is corrected by the ratio.
 
 /// One second of measurements.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -21,7 +23,8 @@ pub struct Sample {
 pub struct LinkSample {
     /// Sent on this link, retransmissions included (kb/s).
     pub sent_kbps: f64,
-    pub retry_kbps: f64,
+    /// Share of this link's packets in the second that were resent, 0 to 1.
+    pub retransmitted_share: f64,
     /// librist's quality, 0 to 100.
     pub quality: f64,
     pub up: bool,
@@ -53,20 +56,27 @@ impl Abr {
     /// Takes one second's sample; returns the new target when it changed.
     pub fn step(&mut self, sample: &Sample) -> Option<f64> {
         let up: Vec<&LinkSample> = sample.links.iter().filter(|l| l.up).collect();
-        let delivered: f64 = up.iter().map(|l| (l.sent_kbps - l.retry_kbps).max(0.0)).sum();
-        let sent: f64 = up.iter().map(|l| l.sent_kbps).sum();
-        let retries: f64 = up.iter().map(|l| l.retry_kbps).sum();
+        let delivered: f64 = up
+            .iter()
+            .map(|l| l.sent_kbps * (1.0 - l.retransmitted_share).clamp(0.0, 1.0))
+            .sum();
+        let retrying = up.iter().any(|l| l.retransmitted_share > 0.10);
         let worst_quality = up.iter().map(|l| l.quality).fold(100.0, f64::min);
         let behind = sample.encoder_kbps > 0.0 && delivered < 0.85 * sample.encoder_kbps;
-        let retrying = sent > 0.0 && retries / sent > 0.10;
         let congested = up.is_empty() || behind || retrying || worst_quality < 90.0;
         let before = self.target_kbps;
         if congested {
             self.clean_seconds = 0;
             // With every link down there is no measure of capacity: hold.
             if !up.is_empty() {
-                let cap = if delivered > 0.0 { delivered * 0.9 } else { before };
-                self.target_kbps = (before * 0.8).min(cap).clamp(self.min_kbps, self.max_kbps);
+                // Aim the encoder's measured output at 92% of what got
+                // through, correcting for how far it misses its target.
+                let scaled = if delivered > 0.0 && sample.encoder_kbps > 0.0 {
+                    before * 0.92 * delivered / sample.encoder_kbps
+                } else {
+                    before * 0.8
+                };
+                self.target_kbps = scaled.min(before * 0.95).clamp(self.min_kbps, self.max_kbps);
             }
         } else {
             self.clean_seconds += 1;
@@ -86,7 +96,7 @@ mod tests {
     fn link(sent: f64, retry: f64, quality: f64) -> LinkSample {
         LinkSample {
             sent_kbps: sent,
-            retry_kbps: retry,
+            retransmitted_share: retry / sent,
             quality,
             up: true,
         }
@@ -101,7 +111,7 @@ mod tests {
             links: vec![link(1500.0, 200.0, 80.0), link(900.0, 200.0, 85.0)],
         };
         let lowered = abr.step(&starved).expect("lowered");
-        assert!(lowered <= 2000.0 * 0.9 + 1.0, "{lowered}");
+        assert!(lowered <= 2000.0 * 0.92 + 1.0, "{lowered}");
         // Healthy seconds raise it again, a step at a time, not at once.
         let healthy = Sample {
             encoder_kbps: lowered,
@@ -113,6 +123,19 @@ mod tests {
         }
         let raised = raised.expect("raised after clean seconds");
         assert!((raised - lowered * RAISE).abs() < 1.0, "{raised}");
+    }
+
+    #[test]
+    fn an_encoder_that_overshoots_is_corrected_by_the_ratio() {
+        let mut abr = Abr::new(4000.0, 300.0, 6000.0);
+        // Asked for 4000, it makes 6400; the links carry 3600.
+        let sample = Sample {
+            encoder_kbps: 6400.0,
+            links: vec![link(1800.0, 0.0, 100.0), link(1800.0, 0.0, 100.0)],
+        };
+        let target = abr.step(&sample).unwrap();
+        // 4000 * 0.92 * 3600 / 6400: the output should land near 3312.
+        assert!((target - 2070.0).abs() < 1.0, "{target}");
     }
 
     #[test]

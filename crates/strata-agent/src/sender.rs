@@ -140,7 +140,7 @@ struct LinkReport {
     /// The receiver answered on this link in the last interval.
     heard: bool,
     sent_kbps: f64,
-    retry_kbps: f64,
+    retransmitted_share: f64,
     quality: f64,
     rtt_ms: f64,
 }
@@ -224,7 +224,11 @@ impl Stream {
                             at: Some(Instant::now()),
                             heard: p.received > 0,
                             sent_kbps: p.bandwidth_bps / 1000.0,
-                            retry_kbps: p.retry_bandwidth_bps / 1000.0,
+                            retransmitted_share: if p.sent > 0 {
+                                p.retransmitted as f64 / p.sent as f64
+                            } else {
+                                0.0
+                            },
                             quality: p.quality,
                             rtt_ms: p.rtt_ms,
                         },
@@ -366,7 +370,7 @@ fn control_loop(
             let up = report.heard && report.at.is_some_and(|t| t.elapsed() < LINK_SILENT);
             samples.push(LinkSample {
                 sent_kbps: report.sent_kbps,
-                retry_kbps: report.retry_kbps,
+                retransmitted_share: report.retransmitted_share,
                 quality: report.quality,
                 up,
             });
