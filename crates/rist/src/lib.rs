@@ -226,7 +226,11 @@ fn peer_url(config: &Config, link: &Link, listen: bool) -> String {
         if listen { "@" } else { "" },
         link.address,
         config.buffer_ms,
-        if link.name.is_empty() { &config.cname } else { &link.name },
+        if link.name.is_empty() {
+            &config.cname
+        } else {
+            &link.name
+        },
     );
     if !listen {
         url.push_str(&format!("&weight={}", link.weight));
@@ -245,10 +249,17 @@ fn open(
     if config.links.is_empty() {
         return Err(RistError::NoLinks);
     }
-    if config.passphrase.as_deref().is_some_and(|p| !valid_passphrase(p)) {
+    if config
+        .passphrase
+        .as_deref()
+        .is_some_and(|p| !valid_passphrase(p))
+    {
         return Err(RistError::Passphrase);
     }
-    let bad_name = |n: &str| n.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    let bad_name = |n: &str| {
+        n.bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    };
     if let Some(name) = std::iter::once(&config.cname)
         .chain(config.links.iter().map(|l| &l.name))
         .find(|n| bad_name(n))

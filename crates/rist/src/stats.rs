@@ -113,12 +113,22 @@ mod tests {
     #[test]
     fn reads_librists_reports() {
         let sender = r#"{"sender-stats":{"peer":{"flow_id":6,"id":1,"cname":"a","type":"data","stats":{"quality":99.5,"sent":168,"received":19,"retransmitted":2,"bandwidth":1531649,"retry_bandwidth":100,"rtt":5,"avg_rtt":5}}}}"#;
-        let Some(Stats::SenderPeer(p)) = Stats::parse(sender) else { panic!() };
+        let Some(Stats::SenderPeer(p)) = Stats::parse(sender) else {
+            panic!()
+        };
         assert_eq!((p.peer_id, p.sent, p.retransmitted), (1, 168, 2));
-        assert_eq!((p.bandwidth_bps, p.quality, p.rtt_ms), (1531649.0, 99.5, 5.0));
+        assert_eq!(
+            (p.bandwidth_bps, p.quality, p.rtt_ms),
+            (1531649.0, 99.5, 5.0)
+        );
         let receiver = r#"{"receiver-stats":{"flowinstant":{"flow_id":6,"dead":0,"stats":{"quality":100,"received":148,"missing":3,"recovered_total":3,"lost":0,"bitrate":1489595},"peers":[{"id":2,"dead":0,"stats":{"avg_rtt":6}},{"id":3,"dead":1,"stats":{"avg_rtt":9}}]}}}"#;
-        let Some(Stats::ReceiverFlow(f)) = Stats::parse(receiver) else { panic!() };
-        assert_eq!((f.peers, f.peers_alive, f.received, f.recovered), (2, 1, 148, 3));
+        let Some(Stats::ReceiverFlow(f)) = Stats::parse(receiver) else {
+            panic!()
+        };
+        assert_eq!(
+            (f.peers, f.peers_alive, f.received, f.recovered),
+            (2, 1, 148, 3)
+        );
         assert_eq!((f.bandwidth_bps, f.rtt_ms), (1489595.0, 9.0));
         assert!(Stats::parse("{}").is_none());
     }

@@ -29,7 +29,7 @@ impl PacketTrace {
     /// Records the datagram if it is in the sample.
     pub fn record(&mut self, data: &[u8]) {
         let hash = hash(data);
-        if hash % 32 != 0 {
+        if !hash.is_multiple_of(32) {
             return;
         }
         let ns = std::time::SystemTime::now()

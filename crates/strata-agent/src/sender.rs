@@ -40,7 +40,8 @@ impl Source {
             }
             Some(s) if s.starts_with("test-pattern:") => {
                 let name = &s["test-pattern:".len()..];
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
                     return Err(format!("unknown test pattern {name:?}"));
                 }
                 Ok(Source::Pattern(name.into()))
@@ -249,7 +250,9 @@ impl Stream {
 
         let mut threads = Vec::new();
         let mut trace = match &config.packet_trace {
-            Some(path) => Some(rist::trace::PacketTrace::open(path).map_err(|e| format!("packet trace: {e}"))?),
+            Some(path) => Some(
+                rist::trace::PacketTrace::open(path).map_err(|e| format!("packet trace: {e}"))?,
+            ),
             None => None,
         };
         {
@@ -259,7 +262,8 @@ impl Stream {
                     .name("rist-out".into())
                     .spawn(move || {
                         while !shared.stop.load(Ordering::Relaxed) {
-                            let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_mseconds(100))
+                            let Some(sample) =
+                                appsink.try_pull_sample(gst::ClockTime::from_mseconds(100))
                             else {
                                 // `is_eos` is also true before the pipeline
                                 // plays (this thread starts first): only
@@ -269,8 +273,12 @@ impl Stream {
                                 }
                                 continue;
                             };
-                            let Some(buffer) = sample.buffer() else { continue };
-                            let Ok(map) = buffer.map_readable() else { continue };
+                            let Some(buffer) = sample.buffer() else {
+                                continue;
+                            };
+                            let Ok(map) = buffer.map_readable() else {
+                                continue;
+                            };
                             shared
                                 .encoded_bytes
                                 .fetch_add(map.len() as u64, Ordering::Relaxed);
@@ -352,7 +360,11 @@ fn control_loop(
                 if let gst::MessageView::Error(e) = message.view() {
                     let text = format!("pipeline: {}", e.error());
                     tracing::warn!(%stream_id, "{text}");
-                    shared.errors.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+                    shared
+                        .errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(text);
                 }
             }
         }
@@ -362,7 +374,11 @@ fn control_loop(
         let encoder_kbps = (bytes - last.1) as f64 * 8.0 / 1000.0 / secs;
         last = (now, bytes);
 
-        let reports = shared.links.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let reports = shared
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut links = Vec::new();
         let mut samples = Vec::new();
         for name in names {
@@ -378,7 +394,11 @@ fn control_loop(
                 name: name.clone(),
                 bitrate_kbps: if up { report.sent_kbps } else { 0.0 },
                 rtt_ms: report.rtt_ms,
-                loss_pct: if up { (100.0 - report.quality).clamp(0.0, 100.0) } else { 100.0 },
+                loss_pct: if up {
+                    (100.0 - report.quality).clamp(0.0, 100.0)
+                } else {
+                    100.0
+                },
                 state: if up { "up" } else { "down" }.into(),
             });
         }

@@ -133,7 +133,6 @@ async fn run(
         destinations,
         events.clone(),
     )?;
-    drop(psk);
     let listener = bind_socket(&args.socket)?;
     let shared = Arc::new(Shared {
         stream_id: args.stream_id.clone(),
@@ -202,7 +201,11 @@ async fn report_stats(shared: Arc<Shared>, every: Duration) {
         last_bytes = bytes;
         let mut rist = media.rist.lock().unwrap_or_else(|p| p.into_inner()).clone();
         rist.undecodable = media.undecodable.load(Ordering::Relaxed);
-        let egress = media.egress.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let egress = media
+            .egress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let _ = shared.events.send(ReceiverEvent::Stats {
             stream_id: shared.stream_id.clone(),
             bytes_in: bytes,

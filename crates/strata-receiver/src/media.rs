@@ -79,7 +79,7 @@ impl Drop for Media {
 /// Whether a datagram is whole MPEG-TS packets. A wrong key decrypts to
 /// noise, which fails this at once.
 fn is_ts(data: &[u8]) -> bool {
-    !data.is_empty() && data.len() % 188 == 0 && data.chunks(188).all(|p| p[0] == 0x47)
+    !data.is_empty() && data.len().is_multiple_of(188) && data.chunks(188).all(|p| p[0] == 0x47)
 }
 
 /// librist's words for packets it could not decrypt or parse.
@@ -118,7 +118,11 @@ pub fn start(
         // A destination that cannot be understood is reported and left
         // out; the others still get the stream.
         if let Err(e) = Target::parse(&destination) {
-            error_event(&events, &config.stream_id, format!("destination {}: {e:#}", destination.platform));
+            error_event(
+                &events,
+                &config.stream_id,
+                format!("destination {}: {e:#}", destination.platform),
+            );
             continue;
         }
         slots.push(Slot {
@@ -176,7 +180,12 @@ pub fn start(
                 // librist reports these per interval; we keep totals.
                 rist.missing += flow.missing;
                 rist.recovered += flow.recovered;
-                rist.lost += flow.lost;
+                // Lost packets are a subset of missing ones; librist's
+                // flow report now and then carries a wrapped counter
+                // (65529 seen with 7 missing), which must not count.
+                if flow.lost <= flow.missing {
+                    rist.lost += flow.lost;
+                }
                 rist.rtt_ms = flow.rtt_ms;
             }
             rist::Event::Stats(_) => {}
@@ -235,18 +244,25 @@ fn ingress(
             state.undecodable.fetch_add(1, Ordering::Relaxed);
             if !reported_noise {
                 reported_noise = true;
-                error_event(&events, &stream_id, "RIST delivers data that is not MPEG-TS (wrong key or wrong sender?)".into());
+                error_event(
+                    &events,
+                    &stream_id,
+                    "RIST delivers data that is not MPEG-TS (wrong key or wrong sender?)".into(),
+                );
             }
             continue;
         }
         if let Some(t) = trace.as_mut() {
             t.record(data);
         }
-        state.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-        state.packets_in.fetch_add(1, Ordering::Relaxed);
         state
-            .last_in_ms
-            .store(state.epoch.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        state.packets_in.fetch_add(1, Ordering::Relaxed);
+        state.last_in_ms.store(
+            state.epoch.elapsed().as_millis().max(1) as u64,
+            Ordering::Relaxed,
+        );
         let slots = slots.lock().unwrap_or_else(|p| p.into_inner());
         for slot in slots.iter() {
             if let Some(egress) = &slot.egress {
@@ -393,7 +409,9 @@ mod tests {
 
     #[test]
     fn key_errors_are_recognised() {
-        assert!(is_key_error("Malformed packet, rtp flag value is e4 instead of 0x80."));
+        assert!(is_key_error(
+            "Malformed packet, rtp flag value is e4 instead of 0x80."
+        ));
         assert!(!is_key_error("Peer connected"));
     }
 }

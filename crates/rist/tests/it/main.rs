@@ -16,7 +16,11 @@ fn free_port() -> u16 {
 fn config(address: String, passphrase: &str) -> Config {
     Config {
         profile: Profile::Main,
-        links: vec![Link { name: String::new(), address, weight: 5 }],
+        links: vec![Link {
+            name: String::new(),
+            address,
+            weight: 5,
+        }],
         passphrase: Some(passphrase.into()),
         buffer_ms: 200,
         stats_interval_ms: 200,
@@ -33,9 +37,10 @@ fn send_and_receive(send_key: &str, receive_key: &str) -> Run {
     let port = free_port();
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    let mut receiver = Receiver::new(&config(format!("127.0.0.1:{port}"), receive_key), move |e| {
-        sink.lock().unwrap().push(e)
-    })
+    let mut receiver = Receiver::new(
+        &config(format!("127.0.0.1:{port}"), receive_key),
+        move |e| sink.lock().unwrap().push(e),
+    )
     .unwrap();
     let sink = events.clone();
     let mut sender = Sender::new(&config(format!("127.0.0.1:{port}"), send_key), move |e| {
@@ -61,15 +66,25 @@ fn send_and_receive(send_key: &str, receive_key: &str) -> Run {
 #[test]
 fn the_right_key_delivers_every_datagram_in_order() {
     let run = send_and_receive(&"ab".repeat(32), &"ab".repeat(32));
-    assert!(run.received.len() > 50, "only {} datagrams", run.received.len());
+    assert!(
+        run.received.len() > 50,
+        "only {} datagrams",
+        run.received.len()
+    );
     let numbers: Vec<u32> = run
         .received
         .iter()
         .map(|p| u32::from_be_bytes(p[1..5].try_into().unwrap()))
         .collect();
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
-    assert!(run.events.iter().any(|e| matches!(e, Event::Stats(Stats::SenderPeer(_)))));
-    assert!(run.events.iter().any(|e| matches!(e, Event::Stats(Stats::ReceiverFlow(_)))));
+    assert!(run
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Stats(Stats::SenderPeer(_)))));
+    assert!(run
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Stats(Stats::ReceiverFlow(_)))));
 }
 
 #[test]
@@ -77,7 +92,13 @@ fn a_wrong_key_delivers_nothing_and_says_so() {
     let run = send_and_receive(&"ab".repeat(32), &"cd".repeat(32));
     assert!(run.received.is_empty(), "{} datagrams", run.received.len());
     assert!(
-        run.events.iter().any(|e| matches!(e, Event::Log { level: rist::Level::Error, .. })),
+        run.events.iter().any(|e| matches!(
+            e,
+            Event::Log {
+                level: rist::Level::Error,
+                ..
+            }
+        )),
         "no error logged"
     );
 }
@@ -87,12 +108,24 @@ fn sender_stats_name_each_link() {
     let port = free_port();
     let dead = free_port();
     let events = Arc::new(Mutex::new(Vec::new()));
-    let _receiver = Receiver::new(&config(format!("127.0.0.1:{port}"), &"ab".repeat(32)), |_| {}).unwrap();
+    let _receiver = Receiver::new(
+        &config(format!("127.0.0.1:{port}"), &"ab".repeat(32)),
+        |_| {},
+    )
+    .unwrap();
     let sink = events.clone();
     let mut c = config(format!("127.0.0.1:{port}"), &"ab".repeat(32));
     c.links = vec![
-        Link { name: "dead".into(), address: format!("127.0.0.1:{dead}"), weight: 5 },
-        Link { name: "alive".into(), address: format!("127.0.0.1:{port}"), weight: 5 },
+        Link {
+            name: "dead".into(),
+            address: format!("127.0.0.1:{dead}"),
+            weight: 5,
+        },
+        Link {
+            name: "alive".into(),
+            address: format!("127.0.0.1:{port}"),
+            weight: 5,
+        },
     ];
     let mut sender = Sender::new(&c, move |e| sink.lock().unwrap().push(e)).unwrap();
     let start = Instant::now();

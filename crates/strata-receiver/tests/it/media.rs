@@ -93,14 +93,22 @@ impl Receiver {
             .spawn()
             .unwrap();
         let secrets = json!({"psk": psk, "destinations": destinations}).to_string();
-        child.stdin.take().unwrap().write_all(secrets.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(secrets.as_bytes())
+            .unwrap();
         let proc = Proc(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         let control = loop {
             if let Ok(c) = UnixStream::connect(&socket) {
                 break c;
             }
-            assert!(Instant::now() < deadline, "the receiver's socket never appeared");
+            assert!(
+                Instant::now() < deadline,
+                "the receiver's socket never appeared"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         let events = Lines::default().collect(control.try_clone().unwrap());
@@ -164,7 +172,14 @@ fn start_agent(net: &Net, dir: &Path, psk: &str) -> Agent {
         .args(["--stream-id", "str_media"])
         .args(["--receiver", &format!("{}:{RIST_PORT}", net.links[0].rx_ip)])
         .args(["--video-size", "320x240", "--fps", "25"])
-        .args(["--bitrate-kbps", "500", "--min-kbps", "300", "--max-kbps", "600"])
+        .args([
+            "--bitrate-kbps",
+            "500",
+            "--min-kbps",
+            "300",
+            "--max-kbps",
+            "600",
+        ])
         .args(["--buffer-ms", "1000"]);
     for l in &links {
         cmd.args(["--link", l]);
@@ -176,7 +191,12 @@ fn start_agent(net: &Net, dir: &Path, psk: &str) -> Agent {
         .env("RUST_LOG", "info")
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(psk.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(psk.as_bytes())
+        .unwrap();
     let stats = Lines::default().collect(child.stdout.take().unwrap());
     Agent {
         proc: Proc(child),
@@ -221,7 +241,11 @@ fn assert_smooth(times: &[f64], at_least_secs: f64) {
         times.len()
     );
     let gap = longest_gap(times);
-    assert!(gap <= MAX_GAP, "a gap of {:.0} ms between frames", gap * 1000.0);
+    assert!(
+        gap <= MAX_GAP,
+        "a gap of {:.0} ms between frames",
+        gap * 1000.0
+    );
 }
 
 fn psk(byte: &str) -> String {
@@ -233,7 +257,13 @@ fn steady_run_delivers_every_frame_to_rtmp() {
     let net = Net::new(3000);
     let dir = tempfile::tempdir().unwrap();
     let rtmp = Rtmp::start(&net, dir.path(), RTMP_PORT);
-    let mut receiver = Receiver::start(&net, dir.path(), &psk("a1"), rtmp_destination("steady"), &[]);
+    let mut receiver = Receiver::start(
+        &net,
+        dir.path(),
+        &psk("a1"),
+        rtmp_destination("steady"),
+        &[],
+    );
     let agent = start_agent(&net, dir.path(), &psk("a1"));
     std::thread::sleep(Duration::from_secs(12));
 
@@ -246,7 +276,10 @@ fn steady_run_delivers_every_frame_to_rtmp() {
     assert_eq!(links.len(), 2, "{sent}");
     for l in links {
         assert_eq!(l["state"], "up", "{sent}");
-        assert!(l["bitrate_kbps"].as_f64().unwrap() > 50.0, "both links carry: {sent}");
+        assert!(
+            l["bitrate_kbps"].as_f64().unwrap() > 50.0,
+            "both links carry: {sent}"
+        );
     }
     drop(agent);
     receiver.stop();
@@ -258,8 +291,13 @@ fn a_link_blacked_out_for_ten_seconds_costs_no_frame_and_rejoins() {
     let net = Net::new(3000);
     let dir = tempfile::tempdir().unwrap();
     let rtmp = Rtmp::start(&net, dir.path(), RTMP_PORT);
-    let mut receiver =
-        Receiver::start(&net, dir.path(), &psk("b2"), rtmp_destination("blackout"), &[]);
+    let mut receiver = Receiver::start(
+        &net,
+        dir.path(),
+        &psk("b2"),
+        rtmp_destination("blackout"),
+        &[],
+    );
     let agent = start_agent(&net, dir.path(), &psk("b2"));
     std::thread::sleep(Duration::from_secs(4));
     net.blackout(0, true);
@@ -272,10 +310,14 @@ fn a_link_blacked_out_for_ten_seconds_costs_no_frame_and_rejoins() {
     let rejoined = loop {
         std::thread::sleep(Duration::from_millis(500));
         let s = agent.stats.last_where(|_| true).unwrap();
-        if s["links"][0]["state"] == "up" && s["links"][0]["bitrate_kbps"].as_f64().unwrap() > 50.0 {
+        if s["links"][0]["state"] == "up" && s["links"][0]["bitrate_kbps"].as_f64().unwrap() > 50.0
+        {
             break back.elapsed();
         }
-        assert!(back.elapsed() < Duration::from_secs(15), "link0 never rejoined: {s}");
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "link0 never rejoined: {s}"
+        );
     };
     std::thread::sleep(Duration::from_secs(2));
     let stats = receiver.last_stats();
@@ -298,7 +340,10 @@ fn random_loss_of_two_and_half_a_percent_leaves_none() {
     std::thread::sleep(Duration::from_secs(14));
     let stats = receiver.last_stats();
     assert_eq!(stats["rist"]["lost"], 0, "residual loss: {stats}");
-    assert!(stats["rist"]["recovered"].as_u64().unwrap() > 0, "loss was not applied: {stats}");
+    assert!(
+        stats["rist"]["recovered"].as_u64().unwrap() > 0,
+        "loss was not applied: {stats}"
+    );
     drop(agent);
     receiver.stop();
     assert_smooth(&video_times(&rtmp.rec.join("loss.flv")), 10.0);
@@ -309,8 +354,13 @@ fn a_wrong_key_decodes_nothing_reports_it_and_crashes_nothing() {
     let net = Net::new(3000);
     let dir = tempfile::tempdir().unwrap();
     let rtmp = Rtmp::start(&net, dir.path(), RTMP_PORT);
-    let mut receiver =
-        Receiver::start(&net, dir.path(), &psk("d4"), rtmp_destination("wrongkey"), &[]);
+    let mut receiver = Receiver::start(
+        &net,
+        dir.path(),
+        &psk("d4"),
+        rtmp_destination("wrongkey"),
+        &[],
+    );
     let mut agent = start_agent(&net, dir.path(), &psk("e5"));
     std::thread::sleep(Duration::from_secs(6));
     let error = receiver
@@ -320,7 +370,10 @@ fn a_wrong_key_decodes_nothing_reports_it_and_crashes_nothing() {
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("wrong key"), "{message}");
     assert_eq!(receiver.last_stats()["bytes_in"], 0);
-    assert!(receiver.proc.0.try_wait().unwrap().is_none(), "the receiver died");
+    assert!(
+        receiver.proc.0.try_wait().unwrap().is_none(),
+        "the receiver died"
+    );
     assert!(agent.proc.0.try_wait().unwrap().is_none(), "the agent died");
     drop(agent);
     receiver.stop();
@@ -362,7 +415,12 @@ fn an_srt_listener_receives_decodable_video() {
     drop(listener);
     let probe = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
-        .args(["-show_entries", "stream=codec_name,width,nb_read_frames", "-of", "json"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,nb_read_frames",
+            "-of",
+            "json",
+        ])
         .arg(&out)
         .output()
         .unwrap();
@@ -370,7 +428,11 @@ fn an_srt_listener_receives_decodable_video() {
     let stream = &v["streams"][0];
     assert_eq!(stream["codec_name"], "h264", "{v}");
     assert_eq!(stream["width"], 320, "{v}");
-    let frames: u64 = stream["nb_read_frames"].as_str().unwrap_or("0").parse().unwrap();
+    let frames: u64 = stream["nb_read_frames"]
+        .as_str()
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
     assert!(frames > 100, "{frames} frames decoded");
 }
 
@@ -397,12 +459,22 @@ fn a_wedged_rtmp_output_is_rebuilt_without_dropping_the_input() {
     let rtmp = Rtmp::start(&net, second.path(), RTMP_PORT);
     std::thread::sleep(Duration::from_secs(8));
     let stats = receiver.last_stats();
-    assert!(stats["egress"][0]["restarts"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["egress"][0]["restarts"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
     assert_eq!(stats["egress"][0]["state"], "live", "{stats}");
-    assert!(stats["bytes_in"].as_u64().unwrap() > bytes_before + 100_000, "{stats}");
+    assert!(
+        stats["bytes_in"].as_u64().unwrap() > bytes_before + 100_000,
+        "{stats}"
+    );
     assert_eq!(stats["rist"]["lost"], 0, "{stats}");
     drop(agent);
     receiver.stop();
     let times = video_times(&rtmp.rec.join("wedge.flv"));
-    assert!(times.len() as f64 > 4.0 * FPS, "{} frames after the rebuild", times.len());
+    assert!(
+        times.len() as f64 > 4.0 * FPS,
+        "{} frames after the rebuild",
+        times.len()
+    );
 }

@@ -98,7 +98,10 @@ impl Net {
                 .collect(),
         };
         // From here on, drop cleans up whatever part was made.
-        sh(&format!("ip netns add {} && ip netns add {}", net.tx, net.rx));
+        sh(&format!(
+            "ip netns add {} && ip netns add {}",
+            net.tx, net.rx
+        ));
         for ns in [&net.tx, &net.rx] {
             sh(&format!("ip -n {ns} link set lo up"));
         }
@@ -111,7 +114,9 @@ impl Net {
                 rx = net.rx
             ));
             for (ns, dev, ip) in [(&net.tx, &l.tx_if, &l.tx_ip), (&net.rx, &l.rx_if, &l.rx_ip)] {
-                sh(&format!("ip -n {ns} addr add {ip}/24 dev {dev} && ip -n {ns} link set {dev} up"));
+                sh(&format!(
+                    "ip -n {ns} addr add {ip}/24 dev {dev} && ip -n {ns} link set {dev} up"
+                ));
                 // tbf drops what does not fit in its queue, like a real
                 // link that is full; 50 ms of queue.
                 sh(&format!(
@@ -154,9 +159,13 @@ impl Net {
     pub fn blackout(&self, i: usize, on: bool) {
         for ns in [&self.tx, &self.rx] {
             if on {
-                sh(&format!("ip netns exec {ns} nft add rule inet strata link{i} drop"));
+                sh(&format!(
+                    "ip netns exec {ns} nft add rule inet strata link{i} drop"
+                ));
             } else {
-                sh(&format!("ip netns exec {ns} nft flush chain inet strata link{i}"));
+                sh(&format!(
+                    "ip netns exec {ns} nft flush chain inet strata link{i}"
+                ));
             }
         }
     }
