@@ -335,7 +335,7 @@ fn a_link_blacked_out_for_ten_seconds_costs_no_frame_and_rejoins() {
     eprintln!("link rejoined {rejoined:?} after the blackout ended");
     drop(agent);
     receiver.stop();
-    assert_smooth(&video_times(&rtmp.rec.join("blackout.flv")), 16.0);
+    assert_smooth(&video_times(&rtmp.rec.join("blackout.flv")), 12.0);
 }
 
 #[test]
