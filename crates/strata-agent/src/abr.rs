@@ -2,15 +2,21 @@
 //!
 //! Once a second the sender measures what the encoder actually produced and
 //! what each link carried (librist's bandwidth, and the share of its packets
-//! that were retransmissions). When the links fall behind the encoder, or
-//! resend more than a tenth of their packets, the target is scaled so that
-//! the encoder's measured output lands at 92% of what the links delivered;
-//! after each clean second it climbs back by 10%. One step never more than
-//! halves it: the first congested second is mostly backlog. Judging by
-//! measured output and delivery rather than by the target matters twice:
-//! a link that silently caps its rate is not asked for more than it
-//! carries, and an encoder that overshoots its target (x264 on noise
-//! produced 1.6 times what it was asked for) is corrected by the ratio.
+//! that were retransmissions).
+//!
+//! - Links behind the encoder (they delivered under 85% of its measured
+//!   output): the target is scaled so that the output lands at 92% of what
+//!   they delivered, at most halving it in one step.
+//! - Links keeping up but resending more than a tenth of their packets (a
+//!   queue overflowing near capacity): the target steps down 15%.
+//! - A clean second: up 10%, but only 3% once within 10% of the rate where
+//!   trouble last began, so the controller probes near capacity instead of
+//!   running into it again at full speed.
+//!
+//! Judging by measured output and delivery rather than by the target matters
+//! twice: a link that silently caps its rate is not asked for more than it
+//! carries, and an encoder that overshoots its target (x264 on noise made
+//! 1.6 times what it was asked for) is corrected by the ratio.
 
 /// One second of measurements.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,11 +44,15 @@ pub struct Abr {
     pub min_kbps: f64,
     pub max_kbps: f64,
     clean_seconds: u32,
+    /// The target when trouble last began.
+    trouble_at: Option<f64>,
 }
 
 /// Seconds without trouble before the target is raised, and by how much.
 const CLEAN_BEFORE_RAISE: u32 = 1;
 const RAISE: f64 = 1.10;
+/// The step once near the rate where trouble last began.
+const NEAR_RAISE: f64 = 1.03;
 
 impl Abr {
     pub fn new(start_kbps: f64, min_kbps: f64, max_kbps: f64) -> Abr {
@@ -51,6 +61,7 @@ impl Abr {
             min_kbps,
             max_kbps,
             clean_seconds: 0,
+            trouble_at: None,
         }
     }
 
@@ -67,25 +78,29 @@ impl Abr {
         let congested = up.is_empty() || behind || retrying || worst_quality < 90.0;
         let before = self.target_kbps;
         if congested {
+            if self.clean_seconds > 0 || self.trouble_at.is_none() {
+                self.trouble_at = Some(before);
+            }
             self.clean_seconds = 0;
             // With every link down there is no measure of capacity: hold.
             if !up.is_empty() {
-                // Aim the encoder's measured output at 92% of what got
-                // through, correcting for how far it misses its target.
-                let scaled = if delivered > 0.0 && sample.encoder_kbps > 0.0 {
-                    before * 0.92 * delivered / sample.encoder_kbps
+                let next = if behind && delivered > 0.0 && sample.encoder_kbps > 0.0 {
+                    // Aim the encoder's measured output at 92% of what got
+                    // through, correcting for how far it misses its target.
+                    (before * 0.92 * delivered / sample.encoder_kbps)
+                        .clamp(before * 0.5, before * 0.95)
                 } else {
-                    before * 0.8
+                    before * 0.85
                 };
-                self.target_kbps = scaled
-                    .clamp(before * 0.5, before * 0.95)
-                    .clamp(self.min_kbps, self.max_kbps);
+                self.target_kbps = next.clamp(self.min_kbps, self.max_kbps);
             }
         } else {
             self.clean_seconds += 1;
             if self.clean_seconds >= CLEAN_BEFORE_RAISE {
                 self.clean_seconds = 0;
-                self.target_kbps = (before * RAISE).min(self.max_kbps);
+                let near = self.trouble_at.is_some_and(|t| before >= t * 0.9);
+                let step = if near { NEAR_RAISE } else { RAISE };
+                self.target_kbps = (before * step).min(self.max_kbps);
             }
         }
         ((self.target_kbps - before).abs() >= 1.0).then_some(self.target_kbps)
@@ -144,6 +159,27 @@ mod tests {
         let target = abr.step(&sample).unwrap();
         // 4000 * 0.92 * 3600 / 6400: the output should land near 3312.
         assert!((target - 2070.0).abs() < 1.0, "{target}");
+    }
+
+    #[test]
+    fn retransmissions_near_capacity_step_down_gently_then_probe_slowly() {
+        let mut abr = Abr::new(5000.0, 300.0, 6000.0);
+        // The links keep up, but over a tenth of the packets are resends.
+        let full = Sample {
+            encoder_kbps: 5000.0,
+            links: vec![link(2600.0, 300.0, 95.0), link(2600.0, 300.0, 95.0)],
+        };
+        assert_eq!(abr.step(&full), Some(4250.0));
+        let clean = Sample {
+            encoder_kbps: 4250.0,
+            links: vec![link(2125.0, 0.0, 100.0), link(2125.0, 0.0, 100.0)],
+        };
+        // 15% under where trouble began: back up by 10% ...
+        let next = abr.step(&clean).unwrap();
+        assert!((next - 4250.0 * RAISE).abs() < 1.0, "{next}");
+        // ... and, now within 10% of it, by 3%.
+        let after = abr.step(&clean).unwrap();
+        assert!((after - next * NEAR_RAISE).abs() < 1.0, "{after}");
     }
 
     #[test]
