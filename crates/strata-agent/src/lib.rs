@@ -5,15 +5,19 @@
 //! outlive a lost connection: the agent keeps sending and reports them in
 //! its next heartbeat.
 //!
-//! Media is not here yet. Until the media path lands, a started stream sends
-//! placeholder UDP datagrams to its receiver's port (so the port, address
-//! and stats plumbing is exercised end to end) and reports what it sent; it
-//! does not encode, encrypt or bond anything. The stream's key is held in
-//! memory only.
+//! A started stream is encoded by a GStreamer pipeline (`sender`: test
+//! pattern, file or camera → x264 zerolatency + AAC → MPEG-TS) and sent
+//! with RIST over every configured link with its weight, encrypted with the
+//! stream's key (librist through the `rist` crate), with adaptive bitrate
+//! (`abr`) judged on what the links delivered. The key is held in memory
+//! only. The agent does not talk to receivers except through RIST, and
+//! knows nothing about destinations.
 
+pub mod abr;
 pub mod backoff;
 pub mod identity;
 pub mod media;
+pub mod sender;
 pub mod session;
 
 /// Errors of the agent's library parts.

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use strata_agent::media::{parse_psk, LinkSpec, MediaOptions};
+use strata_agent::sender::{Source, Stream};
 use strata_agent::session::Options;
 
 #[derive(Parser)]
@@ -41,7 +43,80 @@ enum Command {
         stats_interval_ms: u64,
         #[arg(long)]
         hostname: Option<String>,
+        #[command(flatten)]
+        media: MediaArgs,
     },
+    /// Send one stream without a control plane (tests, benchmarks, field
+    /// checks): the key is read as hex from standard input, stats are
+    /// printed as JSON lines once a second.
+    Send {
+        #[arg(long, default_value = "manual")]
+        stream_id: String,
+        /// The receiver's `HOST:PORT`, for links without an address.
+        #[arg(long)]
+        receiver: String,
+        /// `test-pattern`, `file:PATH` or `v4l2:/dev/videoN`.
+        #[arg(long)]
+        input: Option<String>,
+        #[command(flatten)]
+        media: MediaArgs,
+    },
+}
+
+#[derive(Args)]
+struct MediaArgs {
+    /// A path to the receiver: `NAME[=HOST[:PORT]][@WEIGHT]` (repeatable).
+    /// Without any, one link to the receiver the control plane names.
+    #[arg(long = "link", value_parser = LinkSpec::parse)]
+    links: Vec<LinkSpec>,
+    /// RIST buffer (ms): how long a lost packet may be resent.
+    #[arg(long, default_value_t = 1000)]
+    buffer_ms: u32,
+    /// Encoded picture size, `WIDTHxHEIGHT`.
+    #[arg(long, default_value = "1280x720")]
+    video_size: String,
+    #[arg(long, default_value_t = 25)]
+    fps: u32,
+    /// Starting video bitrate; adaptive bitrate moves it between the bounds.
+    #[arg(long, default_value_t = 2500)]
+    bitrate_kbps: u32,
+    #[arg(long, default_value_t = 300)]
+    min_kbps: u32,
+    #[arg(long, default_value_t = 6000)]
+    max_kbps: u32,
+    /// Benchmarks: append `hash unix_ns` of sampled datagrams to this file.
+    #[arg(long, env = "STRATA_PACKET_TRACE")]
+    packet_trace: Option<PathBuf>,
+}
+
+impl MediaArgs {
+    fn options(self) -> anyhow::Result<MediaOptions> {
+        let (w, h) = self
+            .video_size
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            .context("--video-size must be WIDTHxHEIGHT")?;
+        Ok(MediaOptions {
+            links: self.links,
+            buffer_ms: self.buffer_ms,
+            width: w,
+            height: h,
+            fps: self.fps.max(1),
+            start_kbps: self.bitrate_kbps,
+            min_kbps: self.min_kbps.min(self.bitrate_kbps),
+            max_kbps: self.max_kbps.max(self.bitrate_kbps),
+            packet_trace: self.packet_trace,
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn hostname(given: Option<String>) -> String {
@@ -75,22 +150,51 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             stats_interval_ms,
             hostname: name,
+            media,
         } => {
             let options = Options {
                 state_dir: cli.state_dir,
                 hostname: hostname(name),
                 stats_interval: Duration::from_millis(stats_interval_ms.max(10)),
+                media: media.options()?,
             };
-            let shutdown = async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("installing the SIGTERM handler");
+            strata_agent::session::run(options, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Send {
+            stream_id,
+            receiver,
+            input,
+            media,
+        } => {
+            let mut key = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut key)
+                .context("reading the key on stdin")?;
+            let psk = parse_psk(&key).map_err(anyhow::Error::msg)?;
+            let (host, port) = receiver
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                .context("--receiver must be HOST:PORT")?;
+            let source = Source::parse(input.as_deref()).map_err(anyhow::Error::msg)?;
+            let config = media.options()?.send_config(&host, port, psk, source);
+            let stream = Stream::start(&stream_id, config).map_err(anyhow::Error::msg)?;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            loop {
                 tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = tick.tick() => {
+                        if let Some(stats) = stream.stats() {
+                            println!("{}", serde_json::to_string(&stats)?);
+                        }
+                        for e in stream.take_errors() {
+                            eprintln!("{e}");
+                        }
+                    }
+                    _ = &mut shutdown => break,
                 }
-            };
-            strata_agent::session::run(options, shutdown).await?;
+            }
+            drop(stream);
             Ok(())
         }
     }

@@ -24,6 +24,8 @@ pub struct Options {
     pub hostname: String,
     /// How often running streams report stats.
     pub stats_interval: Duration,
+    /// Links, encoding and RIST settings for every stream.
+    pub media: crate::media::MediaOptions,
 }
 
 type Ws =
@@ -256,7 +258,7 @@ async fn session(
 pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let identity = Identity::load_or_create(&options.state_dir)?;
     let enrolment = Enrolment::load(&options.state_dir)?;
-    let mut streams = Streams::default();
+    let mut streams = Streams::new(options.media.clone());
     let mut attempt = 0u32;
     tokio::pin!(shutdown);
     loop {

@@ -163,14 +163,21 @@ pub struct LinkStats {
     pub rtt_ms: f64,
     /// Share of packets lost, 0.0 to 100.0.
     pub loss_pct: f64,
+    /// `up` or `down`; empty from agents that do not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
 }
 
 /// `stream.stats`: once a second per running stream.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StreamStats {
     pub stream_id: String,
+    /// What the encoder produced (measured, not asked for).
     #[serde(default)]
     pub encoder_kbps: f64,
+    /// The rate adaptive bitrate currently asks of the encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_kbps: Option<f64>,
     #[serde(default)]
     pub links: Vec<LinkStats>,
 }
@@ -459,11 +466,13 @@ mod tests {
         roundtrip(Message::StreamStats(StreamStats {
             stream_id: "str_1".into(),
             encoder_kbps: 4000.0,
+            target_kbps: Some(4200.0),
             links: vec![LinkStats {
                 name: "wwan0".into(),
                 bitrate_kbps: 2000.0,
                 rtt_ms: 40.0,
                 loss_pct: 0.5,
+                state: "up".into(),
             }],
         }));
         roundtrip(Message::StreamEnded(StreamEnded {

@@ -13,11 +13,18 @@ pub enum ReceiverEvent {
         pid: u32,
         port: u16,
     },
+    /// Once a second. `bytes_in`/`packets_in` count what RIST delivered
+    /// (decrypted, in order); the rest is optional so older readers and
+    /// writers keep working.
     Stats {
         stream_id: String,
         bytes_in: u64,
         packets_in: u64,
         bitrate_kbps: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rist: Option<RistInStats>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        egress: Vec<EgressStats>,
     },
     Error {
         stream_id: String,
@@ -27,6 +34,37 @@ pub enum ReceiverEvent {
         stream_id: String,
         reason: String,
     },
+}
+
+/// The receiver's RIST flow over all links together.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RistInStats {
+    /// Links (sender peers) seen, and how many are alive now.
+    pub links: u64,
+    pub links_alive: u64,
+    pub bitrate_kbps: f64,
+    /// Packets missing at first, recovered by retransmission, and lost for
+    /// good (since the start).
+    pub missing: u64,
+    pub recovered: u64,
+    pub lost: u64,
+    pub rtt_ms: f64,
+    /// Datagrams that were not MPEG-TS (a wrong key decrypts to noise).
+    pub undecodable: u64,
+}
+
+/// One destination's output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EgressStats {
+    /// The destination's platform and, for logs, its scheme and host only.
+    pub platform: String,
+    pub target: String,
+    /// `starting`, `live` or `stalled`.
+    pub state: String,
+    pub bytes_out: u64,
+    pub bitrate_kbps: f64,
+    /// Times the watchdog or an error rebuilt this output.
+    pub restarts: u64,
 }
 
 /// What the control plane asks of a receiver.

@@ -4,18 +4,22 @@
 //! the stream's 32-byte RIST pre-shared key and its destinations (URLs and
 //! stream keys) on standard input as one JSON document, which is read
 //! to the end and closed: the key is never in the argument list, the
-//! environment or a file. The receiver binds the stream's UDP port (the
-//! media path, RIST in and RTMP/SRT out, arrives with the next stage and
-//! takes this port and key as they are) and serves a Unix socket on which it
-//! reports `ready`, `stats` once a second (what arrived on the port),
-//! `error` and `stopped`, and accepts `stop`.
+//! environment or a file. The receiver listens for RIST on the stream's UDP
+//! port with that key (librist in-process, see the `rist` crate), pushes the
+//! stream to every destination at once (`egress`), rebuilds an output that
+//! wedges (`media`), and serves a Unix socket on which it reports `ready`,
+//! `stats` once a second (RIST in, each output), `error` and `stopped`, and
+//! accepts `stop`.
 //!
 //! The socket, not its parent process, is its tie to the control plane: a
 //! restarted control plane connects to it again and finds it running. It
 //! does not talk to agents, touch the database, or write the key anywhere.
 
+mod egress;
+mod media;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +30,7 @@ use strata_protocol::local::{
     line, ReceiverCommand, ReceiverDestination, ReceiverEvent, ReceiverSecrets,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UdpSocket, UnixListener, UnixStream};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
 #[derive(Debug, Parser)]
@@ -47,6 +51,20 @@ struct Args {
     /// How often to report stats, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     stats_interval_ms: u64,
+    /// RIST buffer in milliseconds: how long a lost packet is waited for
+    /// (and so the added latency).
+    #[arg(long, default_value_t = 1000)]
+    latency_ms: u32,
+    /// Rebuild an output that wrote nothing for this many seconds while
+    /// the input kept arriving.
+    #[arg(long, default_value_t = 5)]
+    egress_stall_secs: u64,
+    /// Also record the stream (MPEG-TS as received) to this file.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Benchmarks: append `hash unix_ns` of sampled datagrams to this file.
+    #[arg(long, env = "STRATA_PACKET_TRACE")]
+    packet_trace: Option<PathBuf>,
 }
 
 /// Length of the RIST pre-shared key.
@@ -56,13 +74,14 @@ const PSK_LEN: usize = 32;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init_logging("info", telemetry::LogFormat::Text);
+    gstreamer::init().context("initialising GStreamer")?;
     let (psk, destinations) = read_secrets().context("reading the stream's secrets on stdin")?;
     tracing::info!(
         stream_id = %args.stream_id,
         destinations = destinations.len(),
         "secrets received"
     );
-    run(args, psk).await
+    run(args, psk, destinations).await
 }
 
 /// Reads the stream's secrets (JSON) from stdin until EOF. Blocking is
@@ -84,28 +103,46 @@ fn read_secrets() -> anyhow::Result<(Redacted<[u8; PSK_LEN]>, Vec<ReceiverDestin
 struct Shared {
     stream_id: String,
     port: u16,
-    bytes_in: AtomicU64,
-    packets_in: AtomicU64,
+    media: Arc<media::MediaState>,
     events: broadcast::Sender<ReceiverEvent>,
 }
 
-async fn run(args: Args, _psk: Redacted<[u8; PSK_LEN]>) -> anyhow::Result<()> {
-    let udp = UdpSocket::bind((args.bind.as_str(), args.port))
-        .await
-        .with_context(|| format!("binding UDP port {}", args.port))?;
-    let listener = bind_socket(&args.socket)?;
+async fn run(
+    args: Args,
+    psk: Redacted<[u8; PSK_LEN]>,
+    mut destinations: Vec<ReceiverDestination>,
+) -> anyhow::Result<()> {
+    if let Some(path) = &args.record {
+        destinations.push(ReceiverDestination {
+            platform: "recording".into(),
+            url: format!("file://{}", path.display()),
+            stream_key: String::new(),
+        });
+    }
     let (events, _) = broadcast::channel(64);
+    let media = media::start(
+        media::MediaConfig {
+            stream_id: args.stream_id.clone(),
+            bind: args.bind.clone(),
+            port: args.port,
+            latency_ms: args.latency_ms,
+            stall_after: Duration::from_secs(args.egress_stall_secs.max(1)),
+            packet_trace: args.packet_trace.clone(),
+        },
+        psk.expose(),
+        destinations,
+        events.clone(),
+    )?;
+    let listener = bind_socket(&args.socket)?;
     let shared = Arc::new(Shared {
         stream_id: args.stream_id.clone(),
         port: args.port,
-        bytes_in: AtomicU64::new(0),
-        packets_in: AtomicU64::new(0),
+        media: media.state.clone(),
         events,
     });
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<String>(4);
     tracing::info!(stream_id = %args.stream_id, port = args.port, "receiver ready");
 
-    tokio::spawn(count_udp(udp, shared.clone()));
     tokio::spawn(report_stats(
         shared.clone(),
         Duration::from_millis(args.stats_interval_ms.max(10)),
@@ -133,6 +170,7 @@ async fn run(args: Args, _psk: Redacted<[u8; PSK_LEN]>) -> anyhow::Result<()> {
     });
     // Give connected controllers a moment to read the last event.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::task::spawn_blocking(move || drop(media)).await?;
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!(stream_id = %args.stream_id, %reason, "receiver stopped");
     Ok(())
@@ -151,39 +189,30 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn count_udp(udp: UdpSocket, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        match udp.recv_from(&mut buf).await {
-            Ok((n, _)) => {
-                shared.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                shared.packets_in.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                let _ = shared.events.send(ReceiverEvent::Error {
-                    stream_id: shared.stream_id.clone(),
-                    message: format!("UDP receive failed: {e}"),
-                });
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 async fn report_stats(shared: Arc<Shared>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_bytes = 0u64;
     loop {
         tick.tick().await;
-        let bytes = shared.bytes_in.load(Ordering::Relaxed);
+        let media = &shared.media;
+        let bytes = media.bytes_in.load(Ordering::Relaxed);
         let bitrate_kbps = (bytes - last_bytes) as f64 * 8.0 / 1000.0 / every.as_secs_f64();
         last_bytes = bytes;
+        let mut rist = media.rist.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        rist.undecodable = media.undecodable.load(Ordering::Relaxed);
+        let egress = media
+            .egress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let _ = shared.events.send(ReceiverEvent::Stats {
             stream_id: shared.stream_id.clone(),
             bytes_in: bytes,
-            packets_in: shared.packets_in.load(Ordering::Relaxed),
+            packets_in: media.packets_in.load(Ordering::Relaxed),
             bitrate_kbps,
+            rist: Some(rist),
+            egress,
         });
     }
 }

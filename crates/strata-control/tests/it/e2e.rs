@@ -77,6 +77,9 @@ async fn start_agent(control_url: &str, token: &str, state_dir: &Path) -> Proc {
         .arg("--state-dir")
         .arg(state_dir)
         .args(["run", "--stats-interval-ms", "200"])
+        // The agent really encodes and sends now: small and light is
+        // enough to see bytes reach the receiver.
+        .args(["--video-size", "320x240", "--bitrate-kbps", "500"])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -148,7 +151,8 @@ async fn start_and_stop_through_a_real_agent_and_receiver() {
     assert!(!String::from_utf8_lossy(&environ).contains("PSK_TEST_KEY"));
     assert!(!cmdline.contains("PSK_TEST_KEY"));
 
-    // The agent's datagrams reach the receiver's port and show in its stats.
+    // The agent's RIST stream, encrypted with the stream's key, reaches the
+    // receiver and shows in its stats.
     eventually(15, "the receiver to count incoming bytes", || async {
         let text = app
             .client
