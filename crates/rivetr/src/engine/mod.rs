@@ -387,13 +387,30 @@ impl Engine {
         };
         log.line(format!("building {tag} with {}", self.runtime.kind()))
             .await;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let runtime = self.runtime.clone();
-        let build = tokio::spawn(async move { runtime.build(&spec, tx).await });
-        while let Some(line) = rx.recv().await {
-            log.line(line.trim_end().to_owned()).await;
+        let mut attempt = 0;
+        loop {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let runtime = self.runtime.clone();
+            let spec = spec.clone();
+            let build = tokio::spawn(async move { runtime.build(&spec, tx).await });
+            while let Some(line) = rx.recv().await {
+                log.line(line.trim_end().to_owned()).await;
+            }
+            match build.await.map_err(|e| Failed(e.to_string()))? {
+                Ok(_) => break,
+                // Podman's layer cache lookup fails when another build's
+                // image is removed under it ("layer not known"); the store
+                // is consistent again right after.
+                Err(crate::runtime::RuntimeError::Build { message })
+                    if message.contains("not known") && attempt < 2 =>
+                {
+                    attempt += 1;
+                    log.line(format!("the engine's image store changed during the build ({message}); building again"))
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        build.await.map_err(|e| Failed(e.to_string()))??;
         drop(context);
         self.store
             .set_build_result(dep.id, None, Some(&tag), None)

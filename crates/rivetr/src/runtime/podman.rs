@@ -570,7 +570,22 @@ impl ContainerRuntime for PodmanCli {
             "json".to_owned(),
         ];
         args.extend(label_args(labels));
-        let out = self.run_ok("list images", &args).await?;
+        // `podman images` reads each image after listing it; one removed in
+        // between (another build's cleanup, a prune) fails the whole
+        // listing with "image not known". Listing again sees the store
+        // without it.
+        let mut attempt = 0;
+        let out = loop {
+            match self.run_ok("list images", &args).await {
+                Err(RuntimeError::Cli { message, .. })
+                    if message.contains("not known") && attempt < 3 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => break other?,
+            }
+        };
         let images: Vec<ListedImage> = decode("list images", &out)?;
         Ok(images
             .into_iter()
