@@ -548,11 +548,19 @@ impl ContainerRuntime for DockerApi {
         let options = ListImagesOptionsBuilder::new()
             .filters(&filters(labels))
             .build();
-        let images = self
-            .docker
-            .list_images(Some(options))
-            .await
-            .map_err(api("list images"))?;
+        // Podman reads each image after listing it, and fails the whole
+        // answer when one was removed in between ("image not known");
+        // asking again sees the store without it.
+        let mut attempt = 0;
+        let images = loop {
+            match self.docker.list_images(Some(options.clone())).await {
+                Err(e) if e.to_string().contains("not known") && attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => break other.map_err(api("list images"))?,
+            }
+        };
         Ok(images
             .into_iter()
             .map(|i| ImageInfo {

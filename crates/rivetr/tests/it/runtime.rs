@@ -43,7 +43,10 @@ macro_rules! both_runtimes {
         mod docker_api {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                // The guard only orders whole tests, each on its own runtime.
+                #[allow(clippy::await_holding_lock)]
                 async fn $name() {
+                    let _serial = crate::support::podman::one_at_a_time();
                     super::$name(super::docker_api()).await
                 }
             )*
@@ -51,7 +54,10 @@ macro_rules! both_runtimes {
         mod podman_cli {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                // The guard only orders whole tests, each on its own runtime.
+                #[allow(clippy::await_holding_lock)]
                 async fn $name() {
+                    let _serial = crate::support::podman::one_at_a_time();
                     super::$name(super::podman_cli()).await
                 }
             )*
@@ -89,9 +95,23 @@ async fn build_web(
     // Not MANAGED_LABEL either: containers carry their image's labels.
     spec.labels.insert(BUILT_LABEL.into(), "yes".into());
     spec.labels.insert(TEST_LABEL.into(), test_id.into());
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let started = std::time::Instant::now();
-    let id = rt.build(&spec, tx).await.expect("build");
+    // Podman's layer cache lookup fails when another test removes an image
+    // at that moment ("layer not known"); the engine retries such a build
+    // too (see the engine's `build`).
+    let mut attempt = 0;
+    let (id, mut rx) = loop {
+        let (tx, rx) = mpsc::unbounded_channel();
+        match rt.build(&spec, tx).await {
+            Ok(id) => break (id, rx),
+            Err(RuntimeError::Build { message })
+                if message.contains("not known") && attempt < 2 =>
+            {
+                attempt += 1;
+            }
+            Err(e) => panic!("build: {e}"),
+        }
+    };
     eprintln!("{}: build of {tag} took {:?}", rt.kind(), started.elapsed());
     let mut lines = Vec::new();
     while let Ok(line) = rx.try_recv() {
@@ -577,7 +597,10 @@ async fn absent_objects_are_not_errors(rt: Arc<dyn ContainerRuntime>) {
 }
 
 #[tokio::test]
+// The guard only orders whole tests, each on its own runtime.
+#[allow(clippy::await_holding_lock)]
 async fn connect_prefers_a_socket_then_the_cli_then_says_where_it_looked() {
+    let _serial = crate::support::podman::one_at_a_time();
     let socket = podman_socket();
     let missing = "unix:///nonexistent/rivetr/docker.sock".to_owned();
 
@@ -612,7 +635,10 @@ async fn connect_prefers_a_socket_then_the_cli_then_says_where_it_looked() {
 /// env file cannot carry a newline, so it refuses such a value (without
 /// naming it) and creates nothing; the API passes it through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only orders whole tests, each on its own runtime.
+#[allow(clippy::await_holding_lock)]
 async fn env_values_with_newlines_reach_the_api_and_are_refused_by_the_cli() {
+    let _serial = crate::support::podman::one_at_a_time();
     let api = docker_api();
     let cli = podman_cli();
     let mut janitor = Janitor::new();

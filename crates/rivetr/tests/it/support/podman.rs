@@ -237,3 +237,14 @@ impl Drop for Janitor {
         run(&["network", "rm", "--force"], &self.networks);
     }
 }
+
+/// Runs the tests that use the container engine one at a time. Podman 4.3
+/// answers a build or an image listing with "layer not known" / "image not
+/// known" when another client removes an image at that moment; the engine
+/// retries those, but a suite that builds and removes images from every
+/// test at once made it happen often enough to fail runs. Hold the guard
+/// for the whole test.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

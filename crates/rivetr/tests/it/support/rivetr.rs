@@ -98,16 +98,19 @@ pub struct Server {
     pub network: String,
     pub stderr_log: PathBuf,
     _dir: Option<tempfile::TempDir>,
+    _serial: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl Server {
     pub fn start() -> Server {
         container_engine();
+        let serial = super::podman::one_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().to_owned();
         let network = unique("rvt-net");
         let mut s = Server::start_in(&state, &network, None);
         s._dir = Some(dir);
+        s._serial = Some(serial);
         s
     }
 
@@ -177,6 +180,7 @@ impl Server {
             network: network.to_owned(),
             stderr_log,
             _dir: None,
+            _serial: None,
         }
     }
 
