@@ -344,6 +344,9 @@ async fn images_past_the_newest_good_ones_are_pruned_and_cannot_be_rolled_back_t
         let _ = server;
         let mut tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
+            // Untagged images are intermediate layers, or leftovers of other
+            // runs whose tags this one reused.
+            .filter(|t| *t != "<none>:<none>")
             .map(str::to_owned)
             .collect();
         tags.sort();
